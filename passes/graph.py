@@ -1,0 +1,237 @@
+"""Loading, saving and converting models; small helpers over onnx-graphsurgeon.
+
+Rules:
+- ``load_model`` never returns a half-read model: a missing file, a file that is
+  not ONNX, a truncated file or missing external data raise :class:`ModelError`
+  with a message saying what is wrong and what to do.
+- ``save_model`` is atomic: it writes into a temporary directory beside the
+  target and renames into place, so a failure never leaves a partial file.
+  Models over 2 GB (protobuf's limit) are written with external data in
+  ``<name>.data`` next to the model.
+- ``to_graph`` / ``to_model`` round-trip through onnx-graphsurgeon and keep the
+  opset imports, IR version, producer and metadata of the original model.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from google.protobuf.message import DecodeError
+
+from .base import ModelError
+
+PROTOBUF_LIMIT = 2**31 - 1
+_MODEL_ATTRS = ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string")
+
+
+def load_model(path: str | os.PathLike, *, load_external_data: bool = True) -> onnx.ModelProto:
+    """Read an ONNX file (external data included) or raise :class:`ModelError`."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"{path}: no such file")
+    if path.is_dir():
+        raise ModelError(f"{path}: is a directory, expected an .onnx file")
+    if path.stat().st_size == 0:
+        raise ModelError(f"{path}: the file is empty")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, TypeError) as exc:
+        raise ModelError(
+            f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc}); "
+            "is the file complete and really an ONNX ModelProto?"
+        ) from exc
+    if not model.graph.node and not model.graph.output:
+        raise ModelError(f"{path}: parsed as protobuf but holds no graph; not an ONNX model or truncated")
+    if load_external_data:
+        try:
+            onnx.load_external_data_for_model(model, str(path.parent))
+        except (OSError, ValueError) as exc:
+            raise ModelError(
+                f"{path}: external data could not be read ({exc}); keep the .data file(s) "
+                "next to the model"
+            ) from exc
+    try:
+        onnx.checker.check_model(model if model.ByteSize() < PROTOBUF_LIMIT else str(path))
+    except onnx.checker.ValidationError as exc:
+        raise ModelError(f"{path}: invalid ONNX model: {str(exc).splitlines()[0]}") from exc
+    except ValueError:
+        pass  # checker cannot handle some >2GB in-memory models; the graph is still usable
+    return model
+
+
+def model_size(model: onnx.ModelProto) -> int:
+    """Bytes the model would take serialised, counting initializer payloads."""
+    total = 0
+    for init in model.graph.initializer:
+        total += len(init.raw_data) if init.raw_data else init.ByteSize()
+    return total + sum(n.ByteSize() for n in model.graph.node)
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, external_data: bool | None = None) -> Path:
+    """Write ``model`` to ``path`` atomically; external data when over 2 GB or asked."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if external_data is None:
+        external_data = model_size(model) > PROTOBUF_LIMIT - (64 << 20)
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        tmp = tmpdir / path.name
+        data_name = path.name + ".data"
+        if external_data:
+            onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=data_name, size_threshold=1024)
+            os.replace(tmpdir / data_name, path.parent / data_name)
+        else:
+            onnx.save_model(model, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return path
+
+
+def to_graph(model: onnx.ModelProto) -> gs.Graph:
+    """Import into onnx-graphsurgeon; the model's header is kept on ``graph._smof_header``."""
+    graph = gs.import_onnx(model)
+    graph._smof_header = {  # type: ignore[attr-defined]
+        "opset_import": [(o.domain, o.version) for o in model.opset_import],
+        "metadata": [(p.key, p.value) for p in model.metadata_props],
+        **{a: getattr(model, a) for a in _MODEL_ATTRS},
+    }
+    return graph
+
+
+def to_model(graph: gs.Graph) -> onnx.ModelProto:
+    """Export from onnx-graphsurgeon keeping the original header where known."""
+    header = getattr(graph, "_smof_header", None)
+    model = gs.export_onnx(graph, do_type_check=False)
+    if header:
+        del model.opset_import[:]
+        for domain, version in header["opset_import"]:
+            model.opset_import.append(onnx.helper.make_opsetid(domain, version))
+        for key, value in header["metadata"]:
+            model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+        for a in _MODEL_ATTRS:
+            setattr(model, a, header[a])
+    return model
+
+
+def opset_version(graph: gs.Graph) -> int:
+    header = getattr(graph, "_smof_header", None)
+    if header:
+        for domain, version in header["opset_import"]:
+            if domain in ("", "ai.onnx"):
+                return version
+    return graph.opset
+
+
+def parse_shape_spec(specs: Sequence[str], input_names: Sequence[str]) -> dict[str, list[int]]:
+    """Parse ``1x3x224x224`` (single-input models) or ``NAME=1x3x224x224`` (repeatable)."""
+    shapes: dict[str, list[int]] = {}
+    for spec in specs:
+        name, sep, dims = spec.rpartition("=")
+        if not sep:
+            if len(input_names) != 1:
+                raise ModelError(
+                    f"--input-shape '{spec}' has no input name but the model has inputs "
+                    f"{list(input_names)}; write NAME=1x3x224x224"
+                )
+            name = input_names[0]
+        if name not in input_names:
+            raise ModelError(f"--input-shape names '{name}', but the model's inputs are {list(input_names)}")
+        try:
+            shapes[name] = [int(d) for d in dims.lower().split("x")]
+        except ValueError:
+            raise ModelError(f"--input-shape '{spec}': dims must be integers joined by 'x', e.g. 1x3x224x224") from None
+        if any(d <= 0 for d in shapes[name]):
+            raise ModelError(f"--input-shape '{spec}': dims must be positive")
+    return shapes
+
+
+def graph_input_shapes(model: onnx.ModelProto, overrides: Mapping[str, Sequence[int]] | None = None,
+                       default_dim: int | None = None) -> dict[str, list[int]]:
+    """Concrete shape per graph input: ``overrides`` win; symbolic dims take ``default_dim``.
+
+    Raises :class:`ModelError` naming the input when a dim stays unknown.
+    """
+    overrides = dict(overrides or {})
+    initializer_names = {i.name for i in model.graph.initializer}
+    shapes = {}
+    for inp in model.graph.input:
+        if inp.name in initializer_names:
+            continue
+        if inp.name in overrides:
+            dims = list(overrides[inp.name])
+            declared = inp.type.tensor_type.shape.dim
+            if declared and len(declared) != len(dims):
+                raise ModelError(f"input '{inp.name}' has rank {len(declared)}, but the given shape {dims} has rank {len(dims)}")
+            shapes[inp.name] = dims
+            continue
+        dims = []
+        for i, d in enumerate(inp.type.tensor_type.shape.dim):
+            if d.HasField("dim_value") and d.dim_value > 0:
+                dims.append(d.dim_value)
+            elif default_dim is not None and i == 0:
+                dims.append(default_dim)
+            else:
+                raise ModelError(
+                    f"input '{inp.name}' has a symbolic dim {d.dim_param or '?'} at axis {i}; "
+                    f"give a concrete shape with --input-shape {inp.name}=1x3x224x224"
+                )
+        shapes[inp.name] = dims
+    return shapes
+
+
+def with_static_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]) -> onnx.ModelProto:
+    """A copy of ``model`` whose inputs have ``input_shapes`` and whose value_infos are inferred.
+
+    Used by analyses that need concrete sizes (FLOPs, stride>1 SAME pads). The
+    returned model is for reading shapes only; edits go to the original.
+    """
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for inp in m.graph.input:
+        if inp.name in input_shapes:
+            tt = inp.type.tensor_type
+            del tt.shape.dim[:]
+            for d in input_shapes[inp.name]:
+                tt.shape.dim.add().dim_value = int(d)
+    del m.graph.value_info[:]
+    for out in m.graph.output:  # outputs' declared symbolic dims would clash with concrete ones
+        out.type.tensor_type.ClearField("shape")
+    return onnx.shape_inference.infer_shapes(m, check_type=False, strict_mode=False, data_prop=True)
+
+
+def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
+    """The array behind a gs.Constant (or an initializer-backed tensor), else None."""
+    if isinstance(tensor, gs.Constant):
+        return np.asarray(tensor.values)
+    return None
+
+
+def consumers(tensor: gs.Tensor) -> list[gs.Node]:
+    return list(tensor.outputs)
+
+
+def producer(tensor: gs.Tensor) -> gs.Node | None:
+    return tensor.inputs[0] if tensor.inputs else None
+
+
+def graph_output_names(graph: gs.Graph) -> set[str]:
+    return {t.name for t in graph.outputs}
+
+
+def unique_name(graph: gs.Graph, base: str) -> str:
+    """A tensor/node name not yet used in ``graph`` (stable: base, base_1, base_2...)."""
+    taken = set(graph.tensors().keys()) | {n.name for n in graph.nodes}
+    if base not in taken:
+        return base
+    i = 1
+    while f"{base}_{i}" in taken:
+        i += 1
+    return f"{base}_{i}"
