@@ -84,9 +84,13 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, external_data
         tmp = tmpdir / path.name
         data_name = path.name + ".data"
         if external_data:
-            onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+            # onnx rewrites the tensors it externalises in place: save a copy, not the caller's proto.
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model)
+            onnx.save_model(copy, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
                             location=data_name, size_threshold=1024)
-            os.replace(tmpdir / data_name, path.parent / data_name)
+            if (tmpdir / data_name).exists():  # absent when no tensor reached the size threshold
+                os.replace(tmpdir / data_name, path.parent / data_name)
         else:
             onnx.save_model(model, str(tmp))
         os.replace(tmp, path)
