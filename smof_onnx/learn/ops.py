@@ -1,0 +1,286 @@
+"""The op table of the torch executor: ONNX op_type -> torch function.
+
+Rules:
+- Every op is a function ``fn(node, *inputs)`` registered with :func:`op`; it returns
+  one tensor or a tuple of tensors (one per node output). ``inputs`` holds ``None``
+  for an omitted optional input (an empty name in the ONNX node).
+- Attribute defaults follow the ONNX spec per opset (11-21; older opsets where an
+  export still uses them): where an opset moved an attribute to an input (Clip
+  min/max, Squeeze/Unsqueeze/Reduce* axes, Split sizes, Pad pads, Slice starts...),
+  the function reads whichever the node's opset defines.
+- An op may register a ``check(node) -> str | None`` that refuses, at construction
+  time, a configuration it does not implement (returns the reason). Unknown op
+  types are refused too: :class:`UnsupportedOpError` names the op and the node.
+- Integer tensors (shape subgraphs) stay integer tensors; where an op needs Python
+  ints (Reshape's shape, Slice's starts) it reads them with ``.tolist()``.
+
+The table is validated at import: every key is an ONNX op type of the default domain.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+
+from passes.base import UnsupportedModelError
+
+
+class UnsupportedOpError(UnsupportedModelError):
+    """The executor has no torch implementation for this op (or this configuration of it)."""
+
+    def __init__(self, op_type: str, node: str, reason: str | None = None):
+        self.op_type = op_type
+        self.node = node
+        why = f": {reason}" if reason else " is not supported by the torch executor"
+        super().__init__(f"op '{op_type}' at node '{node}'{why}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Node:
+    """What an op function needs to know about its node."""
+
+    name: str
+    op_type: str
+    attrs: dict[str, Any]
+    opset: int
+    n_outputs: int
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.attrs.get(key, default)
+
+
+@dataclasses.dataclass(frozen=True)
+class Op:
+    fn: Callable[..., Any]
+    check: Callable[[Node], str | None] | None = None
+
+
+OPS: dict[str, Op] = {}
+
+
+def op(*names: str, check: Callable[[Node], str | None] | None = None):
+    def register(fn):
+        for name in names:
+            if name in OPS:
+                raise RuntimeError(f"op {name} registered twice")
+            OPS[name] = Op(fn, check)
+        return fn
+    return register
+
+
+def validate_table() -> None:
+    for name, entry in OPS.items():
+        if not onnx.defs.has(name):
+            raise RuntimeError(f"op table entry {name!r} is not an ONNX op of the default domain")
+        if not callable(entry.fn):
+            raise RuntimeError(f"op table entry {name!r} is not callable")
+
+
+# ---------------------------------------------------------------- dtypes and helpers
+
+DTYPES = {
+    onnx.TensorProto.FLOAT: torch.float32, onnx.TensorProto.DOUBLE: torch.float64,
+    onnx.TensorProto.FLOAT16: torch.float16, onnx.TensorProto.BFLOAT16: torch.bfloat16,
+    onnx.TensorProto.INT64: torch.int64, onnx.TensorProto.INT32: torch.int32,
+    onnx.TensorProto.INT16: torch.int16, onnx.TensorProto.INT8: torch.int8,
+    onnx.TensorProto.UINT8: torch.uint8, onnx.TensorProto.BOOL: torch.bool,
+}
+
+
+def ints(t: torch.Tensor | None) -> list[int] | None:
+    return None if t is None else [int(v) for v in t.reshape(-1).tolist()]
+
+
+def axis_of(axis: int, rank: int) -> int:
+    return axis + rank if axis < 0 else axis
+
+
+def _is_int(t: torch.Tensor) -> bool:
+    return not (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool)
+
+
+def from_numpy(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a).copy())
+
+
+# ---------------------------------------------------------------- elementwise
+
+@op("Add")
+def _add(n, a, b): return a + b
+
+
+@op("Sub")
+def _sub(n, a, b): return a - b
+
+
+@op("Mul")
+def _mul(n, a, b): return a * b
+
+
+@op("Div")
+def _div(n, a, b):
+    # ONNX integer division truncates toward zero (C semantics), torch's `/` would give floats.
+    return torch.div(a, b, rounding_mode="trunc") if _is_int(a) else a / b
+
+
+@op("Mod")
+def _mod(n, a, b):
+    return torch.fmod(a, b) if n.get("fmod", 0) else torch.remainder(a, b)
+
+
+@op("Pow")
+def _pow(n, a, b):
+    if not _is_int(a) and _is_int(b):
+        b = b.to(a.dtype)
+    return torch.pow(a, b).to(a.dtype)
+
+
+@op("Max")
+def _max(n, *xs):
+    out = xs[0]
+    for x in xs[1:]:
+        out = torch.maximum(out, x)
+    return out
+
+
+@op("Min")
+def _min(n, *xs):
+    out = xs[0]
+    for x in xs[1:]:
+        out = torch.minimum(out, x)
+    return out
+
+
+@op("Sum")
+def _sum(n, *xs):
+    out = xs[0]
+    for x in xs[1:]:
+        out = out + x
+    return out
+
+
+@op("Mean")
+def _mean(n, *xs): return _sum(n, *xs) / len(xs)
+
+
+_UNARY = {
+    "Sqrt": torch.sqrt, "Exp": torch.exp, "Log": torch.log, "Neg": torch.neg, "Abs": torch.abs,
+    "Reciprocal": torch.reciprocal, "Floor": torch.floor, "Ceil": torch.ceil, "Round": torch.round,
+    "Sign": torch.sign, "Erf": torch.erf, "Relu": torch.relu, "Sigmoid": torch.sigmoid,
+    "Tanh": torch.tanh, "Sin": torch.sin, "Cos": torch.cos, "Not": torch.logical_not,
+    "Softsign": F.softsign, "Mish": F.mish, "IsNaN": torch.isnan,
+}
+for _name, _fn in _UNARY.items():
+    op(_name)(lambda n, x, _fn=_fn: _fn(x))
+
+_BINARY = {
+    "Equal": torch.eq, "Less": torch.lt, "LessOrEqual": torch.le, "Greater": torch.gt,
+    "GreaterOrEqual": torch.ge, "And": torch.logical_and, "Or": torch.logical_or,
+    "Xor": torch.logical_xor,
+}
+for _name, _fn in _BINARY.items():
+    op(_name)(lambda n, a, b, _fn=_fn: _fn(a, b))
+
+
+@op("Where")
+def _where(n, c, a, b): return torch.where(c, a, b)
+
+
+@op("LeakyRelu")
+def _leaky(n, x): return F.leaky_relu(x, n.get("alpha", 0.01))
+
+
+@op("PRelu")
+def _prelu(n, x, slope): return torch.where(x < 0, x * slope, x)
+
+
+@op("Elu")
+def _elu(n, x): return F.elu(x, n.get("alpha", 1.0))
+
+
+@op("Selu")
+def _selu(n, x):
+    alpha, gamma = n.get("alpha", 1.67326319217681884765625), n.get("gamma", 1.05070102214813232421875)
+    return gamma * torch.where(x > 0, x, alpha * (torch.exp(x) - 1))
+
+
+@op("Celu")
+def _celu(n, x): return F.celu(x, n.get("alpha", 1.0))
+
+
+@op("Softplus")
+def _softplus(n, x): return F.softplus(x)
+
+
+@op("ThresholdedRelu")
+def _trelu(n, x): return torch.where(x > n.get("alpha", 1.0), x, torch.zeros_like(x))
+
+
+@op("HardSigmoid")
+def _hsig(n, x): return torch.clamp(n.get("alpha", 0.2) * x + n.get("beta", 0.5), 0.0, 1.0)
+
+
+@op("HardSwish")
+def _hswish(n, x): return x * torch.clamp(x * (1.0 / 6.0) + 0.5, 0.0, 1.0)
+
+
+@op("Gelu")
+def _gelu(n, x): return F.gelu(x, approximate="tanh" if n.get("approximate", "none") == "tanh" else "none")
+
+
+@op("Clip")
+def _clip(n, x, lo=None, hi=None):
+    if n.opset < 11:
+        lo_v, hi_v = n.get("min", -3.4028234663852886e38), n.get("max", 3.4028234663852886e38)
+        return torch.clamp(x, lo_v, hi_v)
+    # ONNX: with lo > hi every value becomes hi, which is what max-then-min gives.
+    if lo is not None:
+        x = torch.maximum(x, lo.to(x.dtype))
+    if hi is not None:
+        x = torch.minimum(x, hi.to(x.dtype))
+    return x
+
+
+def _coerced(x, axis, fn):
+    """Softmax/LogSoftmax before opset 13: flatten to 2-D at ``axis``, apply on dim 1."""
+    axis = axis_of(axis, x.dim())
+    rows = int(np.prod(x.shape[:axis], dtype=np.int64))
+    return fn(x.reshape(rows, -1), 1).reshape(x.shape)
+
+
+@op("Softmax", "LogSoftmax", "Hardmax")
+def _softmax(n, x):
+    fn = {"Softmax": torch.softmax, "LogSoftmax": torch.log_softmax, "Hardmax": _hardmax}[n.op_type]
+    if n.opset < 13:
+        return _coerced(x, n.get("axis", 1), fn)
+    return fn(x, axis_of(n.get("axis", -1), x.dim()))
+
+
+def _hardmax(x, dim):
+    return F.one_hot(x.argmax(dim), x.shape[dim]).movedim(-1, dim).to(x.dtype)
+
+
+@op("Identity", "Dropout")
+def _identity(n, x, *rest):
+    if n.n_outputs > 1:
+        # Dropout's mask output in inference: all ones (kept).
+        return x, torch.ones_like(x, dtype=torch.bool)
+    return x
+
+
+@op("Cast")
+def _cast(n, x): return x.to(DTYPES[n.get("to")])
+
+
+@op("CastLike")
+def _castlike(n, x, like): return x.to(like.dtype)
+
+
+# Register the shape / tensor / reduction ops and the spatial ops (conv, pooling, resize, pad).
+from . import ops_nn, ops_tensor  # noqa: E402,F401
+
+validate_table()

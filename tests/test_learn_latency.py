@@ -1,0 +1,124 @@
+"""The per-layer latency table: candidate shapes, micro models, interpolation, cache.
+
+Specification:
+- Kernel candidates shrink each axis by whole rings; channel grids respect the multiple.
+- A table cell's micro model has the original layer's output size (cut pad rule) and runs in ORT.
+- ``predict`` sums layer times, interpolating between channel grid points (exact for a cost
+  that is bilinear in (cin, cout), which the fake timer below is).
+- Tables are cached per model + settings + machine and reloaded without measuring.
+No assertion depends on wall-clock timings (those belong to bench/).
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from smof_onnx.learn import latency
+from smof_onnx.learn.latency import (LatencyConfig, LayerChoice, channel_grid, conv_sites, kernel_candidates,
+                                     measure_table, micro_conv)
+from tests.helpers import run
+
+
+def two_conv_model(valid: bool = False) -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((16, 8, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((16, 1, 3, 3)).astype(np.float32), "w2"),
+             numpy_helper.from_array(rng.standard_normal((24, 16, 1, 1)).astype(np.float32), "w3")]
+    pads = [0, 0, 0, 0] if valid else [1, 1, 1, 1]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="dense", pads=pads),
+             helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["d"], name="dw", pads=[1, 1, 1, 1], group=16, strides=[2, 2]),
+             helper.make_node("Conv", ["d", "w3"], ["y"], name="pw")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 8, 12, 12])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def fake_timer(model, feed, threads, budget_s, warmup):
+    """'Milliseconds' = MACs / 1e3: bilinear in (cin, cout) for a fixed kernel, so interpolation is exact."""
+    w = next(numpy_helper.to_array(i) for i in model.graph.initializer if i.name == "w")
+    y = run(model, feed)["y"].shape
+    return float(np.prod(y) * np.prod(w.shape[1:])) / 1e3
+
+
+def test_kernel_candidates_remove_whole_rings():
+    assert set(kernel_candidates((3, 3))) == {(3, 3), (3, 1), (1, 3), (1, 1)}
+    assert len(kernel_candidates((5, 5))) == 9 and (3, 3) in kernel_candidates((5, 5))
+    assert kernel_candidates((1, 1)) == [(1, 1)]
+    assert kernel_candidates((3,)) == [(3,), (1,)]
+
+
+def test_channel_grid_respects_multiple():
+    assert channel_grid(16, (0.25, 0.5, 0.75, 1.0), 1) == [4, 8, 12, 16]
+    assert channel_grid(16, (0.25, 0.5, 0.75, 1.0), 8) == [8, 16]
+    assert channel_grid(22, (0.5, 1.0), 4) == [12, 22]  # the original count is always measured
+
+
+def test_conv_sites_read_static_shapes():
+    sites = {s.name: s for s in conv_sites(two_conv_model(), {"x": [4, 8, 12, 12]})}
+    assert sites["dense"].input_shape == (4, 8, 12, 12) and not sites["dense"].depthwise
+    assert sites["dw"].depthwise and sites["dw"].input_shape == (4, 16, 12, 12)
+    assert sites["pw"].input_shape == (4, 16, 6, 6)
+
+
+@pytest.mark.parametrize("valid", [False, True])
+@pytest.mark.parametrize("kernel", [(3, 3), (3, 1), (1, 3), (1, 1)])
+def test_micro_model_keeps_the_layer_output_size(kernel, valid):
+    model = two_conv_model(valid)
+    site = next(s for s in conv_sites(model, {"x": [2, 8, 12, 12]}) if s.name == "dense")
+    full, feed = micro_conv(site, (3, 3), 8, 16, 2)
+    cut, cut_feed = micro_conv(site, kernel, 4, 12, 2)
+    out_full, out_cut = run(full, feed)["y"], run(cut, cut_feed)["y"]
+    assert out_full.shape == (2, 16) + ((10, 10) if valid else (12, 12))
+    assert out_cut.shape == (2, 12) + out_full.shape[2:]
+
+
+def test_table_interpolates_and_sums(monkeypatch, tmp_path):
+    monkeypatch.setattr(latency, "time_model", fake_timer)
+    config = LatencyConfig(cache_dir=str(tmp_path), channel_fractions=(0.5, 1.0))
+    table = measure_table(two_conv_model(), {"x": [2, 8, 12, 12]}, config)
+    assert set(table.layers) == {"dense", "dw", "pw"}
+    assert table.layers["dense"]["cin"] == [4, 8] and table.layers["dense"]["cout"] == [8, 16]
+    assert table.layers["dw"]["channels"] == [8, 16]
+    # exact MACs/1e3 of the original convs: 2*16*12*12*8*9, 2*16*6*6*9, 2*24*6*6*16
+    full = (2 * 16 * 144 * 72 + 2 * 16 * 36 * 9 + 2 * 24 * 36 * 16) / 1e3
+    assert table.predict() == pytest.approx(full)
+    # between grid points (cin 6, cout 12) and a 3x1 kernel: still exact (bilinear cost)
+    dense = table.layer_ms("dense", (3, 1), 6, 12)
+    assert dense == pytest.approx(2 * 12 * 144 * 6 * 3 / 1e3)
+    choice = {"dense": LayerChoice((3, 1), 6, 12), "dw": ((1, 1), 12, 12)}
+    expected = dense + 2 * 12 * 36 * 1 / 1e3 + 2 * 24 * 36 * 16 / 1e3
+    assert table.predict(choice) == pytest.approx(expected)
+    with pytest.raises(KeyError, match="not measured"):
+        table.layer_ms("dense", (2, 2), 8, 16)
+    with pytest.raises(KeyError, match="no latency row"):
+        table.predict({"nope": ((1, 1), 1, 1)})
+
+
+def test_table_is_cached_per_machine_and_settings(monkeypatch, tmp_path):
+    monkeypatch.setattr(latency, "time_model", fake_timer)
+    config = LatencyConfig(cache_dir=str(tmp_path), channel_fractions=(1.0,))
+    first = measure_table(two_conv_model(), {"x": [2, 8, 12, 12]}, config)
+    assert len(list(tmp_path.glob("*.json"))) == 1
+
+    def must_not_measure(*args):
+        raise AssertionError("a cached table was measured again")
+
+    monkeypatch.setattr(latency, "time_model", must_not_measure)
+    again = measure_table(two_conv_model(), {"x": [2, 8, 12, 12]}, config)
+    assert again.predict() == first.predict() and again.meta["machine"]["threads"] == 2
+    monkeypatch.setattr(latency, "time_model", fake_timer)
+    measure_table(two_conv_model(), {"x": [2, 8, 12, 12]}, LatencyConfig(cache_dir=str(tmp_path), threads=1,
+                                                                        channel_fractions=(1.0,)))
+    assert len(list(tmp_path.glob("*.json"))) == 2
+
+
+def test_real_measurement_runs(tmp_path):
+    config = LatencyConfig(cache_dir=str(tmp_path), threads=1, budget_s=0.0, warmup=1, channel_fractions=(1.0,))
+    table = measure_table(two_conv_model(), {"x": [1, 8, 12, 12]}, config)
+    for name, row in table.layers.items():
+        ms = np.asarray(row["ms"], dtype=np.float64)
+        assert np.isfinite(ms).all() and ms.min() > 0, name
+    assert table.predict() > 0
