@@ -1,0 +1,233 @@
+"""The ``smof-onnx`` console script (also ``python -m smof_onnx``); design section 5.
+
+    smof-onnx inspect MODEL [--input-shape S]... [--json]
+    smof-onnx cut MODEL -o OUT [--input-shape S]... [--report R.json] [--data D]
+    smof-onnx compress MODEL -o OUT [--data D] [--target-flops F] [--method M] [--input-shape S]...
+                       [--report R.json] [--seed N] [method options]
+    smof-onnx bench MODEL [MODEL2] [--input-shape S]... [--threads N] [--batch B] [--seconds T]
+
+Exit codes: 0 done; 2 bad usage or bad input (the message says what and where); 3 the
+verification gate failed and nothing was written; 1 an internal error (a message and a
+request to report it; the traceback only with ``--debug``). Tables go to stdout,
+progress and information to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from typing import Sequence
+
+from . import __version__
+from .errors import exit_code
+
+_METHOD_OPTIONS = ("epochs", "finetune_epochs", "lr", "batch_size", "val_split", "kernel", "channel",
+                   "channel_multiple", "target_latency", "bench_batch")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or bad usage (2)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        _err("interrupted; nothing was written")
+        return 130
+    except Exception as exc:  # noqa: BLE001 -- every error leaves with a message and its documented code
+        code = exit_code(exc)
+        if code == 3:
+            _err(f"verification failed: {exc}")
+        elif code == 2:
+            _err(f"error: {exc}")
+        else:
+            _err(f"internal error: {type(exc).__name__}: {exc}\n"
+                 "  This is a bug in smof-onnx; please report it with the command line and, if you can, the model."
+                 + ("" if getattr(args, "debug", False) else " Run again with --debug for the traceback."))
+        if getattr(args, "debug", False):
+            traceback.print_exc(file=sys.stderr)
+        return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="print the traceback of an internal error")
+    shape = argparse.ArgumentParser(add_help=False)
+    shape.add_argument("--input-shape", action="append", default=[], metavar="S",
+                       help="1x3x224x224 for a one-input model, or NAME=1x3x224x224 (repeatable); needed only "
+                            "where the model's input dims are symbolic")
+
+    parser = argparse.ArgumentParser(
+        prog="smof-onnx", description="Cut kernel borders and channels out of CNNs in ONNX, exactly.")
+    parser.add_argument("--version", action="version", version=f"smof-onnx {__version__}")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an internal error")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("inspect", parents=[common, shape], help="per-layer cost and channel groups of a model")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.set_defaults(handler=_inspect)
+
+    p = sub.add_parser("cut", parents=[common, shape],
+                       help="remove zero kernel borders / channels / branches, verified, written atomically")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("-o", "--output", required=True, metavar="OUT")
+    p.add_argument("--report", metavar="R.json", help="write the JSON report here")
+    p.add_argument("--data", metavar="D", help="calibration data (.npz / .npy / image folder) also used by the gate")
+    p.set_defaults(handler=_cut)
+
+    p = sub.add_parser("compress", parents=[common, shape], help="learn what to zero, then cut, verify and write")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("-o", "--output", required=True, metavar="OUT")
+    p.add_argument("--data", metavar="D", help="calibration data: .npz, .npy or a folder of images")
+    p.add_argument("--target-flops", type=float, default=0.5, metavar="F", help="fraction of FLOPs to keep (0, 1]")
+    p.add_argument("--method", default="smof", help="smof | qr | l2 | ... (default smof)")
+    p.add_argument("--report", metavar="R.json", help="write the JSON report here")
+    p.add_argument("--seed", type=int, default=0)
+    m = p.add_argument_group("method options (read by the methods that use them)")
+    m.add_argument("--epochs", type=int)
+    m.add_argument("--finetune-epochs", type=int)
+    m.add_argument("--lr", type=float)
+    m.add_argument("--batch-size", type=int)
+    m.add_argument("--val-split", type=float)
+    m.add_argument("--no-kernel", dest="kernel", action="store_const", const=False, help="do not cut kernel sizes")
+    m.add_argument("--no-channel", dest="channel", action="store_const", const=False, help="do not cut channels")
+    m.add_argument("--channel-multiple", type=int, help="keep channel counts a multiple of this")
+    m.add_argument("--target-latency", type=float, help="fraction of the measured latency to keep")
+    m.add_argument("--bench-batch", type=int, help="batch size of latency measurements")
+    p.set_defaults(handler=_compress)
+
+    p = sub.add_parser("bench", parents=[common, shape], help="ONNX Runtime latency of one model, or two side by side")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("model2", metavar="MODEL2", nargs="?")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--seconds", type=float, default=5.0, help="time budget of the measurement")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_bench)
+    return parser
+
+
+# --- handlers ----------------------------------------------------------------------------------
+
+def _inspect(args) -> int:
+    from . import api, report
+
+    info = api.inspect(args.model, args.input_shape or None)
+    print(json.dumps(info, indent=2, default=str) if args.json else report.format_inspect(info))
+    return 0
+
+
+def _cut(args) -> int:
+    from . import api, report
+
+    with _Stages(3) as progress:
+        _, rep = api.cut(args.model, args.output, args.input_shape or None, data=args.data,
+                         report_path=args.report, progress=progress)
+    print(report.format_table(rep))
+    _err(f"wrote {args.output}" + (f" and {args.report}" if args.report else ""))
+    return 0
+
+
+def _compress(args) -> int:
+    from . import api, report
+
+    options = {k: getattr(args, k) for k in _METHOD_OPTIONS if getattr(args, k) is not None}
+    with _Stages(4) as progress:
+        _, rep = api.compress(args.model, args.output, data=args.data, target_flops=args.target_flops,
+                              method=args.method, input_shapes=args.input_shape or None, report_path=args.report,
+                              seed=args.seed, progress=progress, **options)
+    print(report.format_table(rep))
+    _err(f"wrote {args.output}" + (f" and {args.report}" if args.report else ""))
+    return 0
+
+
+def _bench(args) -> int:
+    from passes.analysis.flops import count_cost
+
+    from . import api, verify
+    from .errors import UsageError
+
+    if args.threads < 1 or args.batch < 1 or args.seconds <= 0:
+        raise UsageError("--threads and --batch must be >= 1 and --seconds > 0")
+    _, a = api.load(args.model)
+    shapes = api.resolve_shapes(a, args.input_shape or None)
+    with _TimeBar(args.seconds) as tick:
+        if args.model2 is None:
+            lat = verify.measure_latency(a, shapes, threads=args.threads, batch=args.batch, budget_s=args.seconds,
+                                         progress=tick)
+            out = {"model": args.model, "median_ms": lat.median_ms, "runs": lat.runs, "threads": lat.threads,
+                   "batch": lat.batch}
+            text = (f"{args.model}: {lat.median_ms:.3f} ms median over {lat.runs} runs "
+                    f"(threads {lat.threads}, batch {lat.batch})")
+        else:
+            _, b = api.load(args.model2)
+            cmp = verify.compare_latency(a, b, shapes, threads=args.threads, batch=args.batch,
+                                         budget_s=args.seconds, progress=tick)
+            ratio = _flops_ratio(count_cost, a, b, shapes)
+            out = {"model": args.model, "model2": args.model2, **cmp.to_dict(), "flops_ratio": ratio}
+            text = cmp.line((args.model, args.model2)) + (f"\nFLOPs ratio {ratio:.3f}" if ratio else "")
+    print(json.dumps(out, indent=2) if args.json else text)
+    return 0
+
+
+def _flops_ratio(count_cost, a, b, shapes) -> float | None:
+    before, after = count_cost(a, shapes).flops, count_cost(b, shapes).flops
+    return after / before if before else None
+
+
+# --- progress on stderr ------------------------------------------------------------------------
+
+def _err(message: str) -> None:
+    print(f"smof-onnx: {message}", file=sys.stderr)
+
+
+class _Stages:
+    """A tqdm bar over the named stages of a command on a terminal; plain lines otherwise."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.bar = None
+
+    def __enter__(self):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=self.total, file=sys.stderr, leave=False, disable=None,
+                        bar_format="{desc} {n_fmt}/{total_fmt} [{elapsed}]")
+        return self
+
+    def __call__(self, message: str) -> None:
+        if self.bar is None or self.bar.disable:
+            _err(message)
+            return
+        self.bar.set_description_str(message)
+        self.bar.update(1)
+
+    def __exit__(self, *exc):
+        self.bar.close()
+
+
+class _TimeBar:
+    """A tqdm bar over a time budget; ``tick(fraction)`` moves it."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def __enter__(self):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=100, file=sys.stderr, leave=False, disable=None, desc="timing",
+                        bar_format="{desc} {bar} {elapsed}")
+        return self.tick
+
+    def tick(self, fraction: float) -> None:
+        target = min(100, int(fraction * 100))
+        if target > self.bar.n:
+            self.bar.update(target - self.bar.n)
+
+    def __exit__(self, *exc):
+        self.bar.close()
