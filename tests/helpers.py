@@ -77,6 +77,9 @@ def max_rel_err(before: Mapping[str, np.ndarray], after: Mapping[str, np.ndarray
         if a.size == 0:
             continue
         a64, b64 = a.astype(np.float64), b.astype(np.float64)
+        # max() ignores NaN, so a NaN/inf that appears or moves must fail explicitly.
+        assert np.array_equal(np.isfinite(a64), np.isfinite(b64)), f"output {name}: non-finite values differ"
+        a64, b64 = np.where(np.isfinite(a64), a64, 0.0), np.where(np.isfinite(b64), b64, 0.0)
         scale = max(np.max(np.abs(a64)), 1e-30)
         worst = max(worst, float(np.max(np.abs(a64 - b64)) / scale))
     return worst
