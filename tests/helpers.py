@@ -68,7 +68,11 @@ def run(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[str, np
     return dict(zip(names, sess.run(names, dict(feeds))))
 
 
-def max_rel_err(before: Mapping[str, np.ndarray], after: Mapping[str, np.ndarray]) -> float:
+def max_rel_err(before: Mapping[str, np.ndarray], after: Mapping[str, np.ndarray],
+                floors: Mapping[str, float] | None = None) -> float:
+    """max |a-b| / max(max|a|, floor) over outputs; floors as the CLI gate uses them
+    (smof_onnx.verify.output_scale_floors: 1 for Sigmoid/Softmax outputs, else 0)."""
+    floors = floors or {}
     assert set(before) == set(after), f"outputs differ: {sorted(before)} vs {sorted(after)}"
     worst = 0.0
     for name, a in before.items():
@@ -80,7 +84,7 @@ def max_rel_err(before: Mapping[str, np.ndarray], after: Mapping[str, np.ndarray
         # max() ignores NaN, so a NaN/inf that appears or moves must fail explicitly.
         assert np.array_equal(np.isfinite(a64), np.isfinite(b64)), f"output {name}: non-finite values differ"
         a64, b64 = np.where(np.isfinite(a64), a64, 0.0), np.where(np.isfinite(b64), b64, 0.0)
-        scale = max(np.max(np.abs(a64)), 1e-30)
+        scale = max(np.max(np.abs(a64)), floors.get(name, 0.0), 1e-30)
         worst = max(worst, float(np.max(np.abs(a64 - b64)) / scale))
     return worst
 
@@ -89,11 +93,14 @@ def assert_equivalent(before: onnx.ModelProto, after: onnx.ModelProto,
                       shapes: Mapping[str, Sequence[int]] | None = None, seeds: Sequence[int] = (0, 1),
                       tol: float = REL_TOL) -> float:
     """Check ``after`` (full checker) and that it computes what ``before`` does; returns the error."""
+    from smof_onnx.verify import output_scale_floors
+
     onnx.checker.check_model(after, full_check=True)
+    floors = output_scale_floors(before)
     worst = 0.0
     for seed in seeds:
         feeds = random_inputs(before, shapes, seed=seed)
-        err = max_rel_err(run(before, feeds), run(after, feeds))
+        err = max_rel_err(run(before, feeds), run(after, feeds), floors)
         assert err <= tol, f"max rel err {err:.3g} > {tol} (seed {seed})"
         worst = max(worst, err)
     return worst

@@ -129,3 +129,18 @@ def test_compare_latency_sees_a_model_with_fewer_macs_as_faster():
     d = cmp.to_dict()
     assert d["speedup"] == pytest.approx(d["before"] / d["after"]) and d["threads"] == 1
     assert "self-vs-self" in cmp.line()
+
+
+def test_outputs_of_bounded_ops_are_measured_against_their_range():
+    model = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["": 17]>
+        g (float[1,4] x) => (float[1,4] p, float[1,4] q) {
+            s = Sigmoid(x)
+            p = Reshape(s, shape)
+            q = Relu(x)
+            shape = Constant<value = int64[2] {1, 4}>()
+        }""")
+    floors = verify.output_scale_floors(model)
+    assert floors == {"p": 1.0, "q": 0.0}
+    tiny = np.full(4, 3e-6)
+    assert verify.rel_err(tiny, tiny + 1e-7, floors["p"]) == pytest.approx(1e-7)
+    assert verify.rel_err(tiny, tiny + 1e-7, floors["q"]) == pytest.approx(1e-7 / 3.1e-6, rel=0.05)
