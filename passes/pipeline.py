@@ -34,7 +34,7 @@ from .base import PassError, PassResult
 CANONICAL_ORDER = ("constants_to_initializers", "fold_constants", "clone_shared_weights", "fuse_batchnorm",
                    "fold_channel_affine", "explicit_pads", "eliminate_dead_nodes")
 CUT_ROUND = ("drop_zero_branches", "cut_dead_channels", "cut_kernel_borders", "eliminate_dead_nodes")
-_TAKES_SHAPES = frozenset({"explicit_pads", "cut_kernel_borders"})
+_TAKES_SHAPES = frozenset({"explicit_pads", "cut_kernel_borders", "cut_dead_channels", "drop_zero_branches"})
 # Keys under which passes record what they refused to touch, and why.
 _REFUSAL_KEYS = ("frozen", "refused", "skipped", "unsafe")
 

@@ -1,0 +1,332 @@
+"""Channel analysis (design 3.2): spaces, slots, groups, zero / unused facts, frozen reasons.
+
+Public API (other modules code against it)::
+
+    analyze_channels(graph: gs.Graph, input_shapes: dict | None = None) -> ChannelAnalysis
+
+    ChannelAnalysis
+        slots: list[Slot]                  every slot, by id
+        groups: list[ChannelGroup]         connected sets of coupled tensor spaces (reports)
+        frozen: list[Frozen]               every freeze, Frozen(where="node (Op)", reason)
+        spaces: dict[str, Space]           tensor name -> Space(tensor, axis, rank, size, base)
+        tensor_zero(name) -> bool[C]       channel identically zero
+        tensor_unused(name) -> bool[C]     no graph output depends on the channel
+        slots_of(name) -> int[C]           slot id per channel
+        removable_slots() -> list[Slot]
+    Slot
+        id, atoms [(tensor, channel)], producers [(node, op, out_channel)],
+        consumers [(node, op, in_channel | (start, stop))], zero, unused, removable,
+        frozen_by [Frozen], zero_if_producers_zeroed
+
+An *atom* is one channel of one tensor. Rules (:mod:`passes.analysis.rules`) union the
+atoms that must go together; a *slot* is one connected component (so Concat offsets,
+Split/Slice ranges, depthwise groups and Flatten feature blocks are handled alike).
+A slot is *removable* when no atom is frozen and every atom is zero or unused (then
+every op touching it has a drop rule: ops without one freeze what they touch).
+
+Frozen: graph inputs and outputs, ops absent from ``RULES`` (If/Loop/Scan, quantized
+ops, custom domains included), tensors whose channel axis or needed shapes are
+unknown, and any input a rule does not declare how it reads.
+
+``zero_if_producers_zeroed`` answers the learning stage: if every producer entry of the
+slot (Conv/ConvTranspose/Gemm/MatMul filter weights + bias, BN/IN scale + shift) were
+zero, would the slot be removable? It is computed for all slots at once (slots are
+disjoint; cross-slot liveness is judged by the real facts, which is conservative).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping, Sequence
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from ..graph import opset_version, to_model, with_static_shapes
+from .facts import backward_needed, forward_zero
+from .rulebase import refuse
+from .rules import RULES
+from .spaces import Builder, Frozen, Space, node_label
+
+__all__ = ["analyze_channels", "build", "ChannelAnalysis", "Slot", "ChannelGroup", "Frozen", "Space", "node_label"]
+
+QUANTIZED = ("QLinear", "Quantize", "Dequantize", "Integer")
+
+
+@dataclasses.dataclass
+class Slot:
+    id: int
+    atoms: list[tuple[str, int]]
+    producers: list[tuple[str, str, int]]
+    consumers: list[tuple[str, str, object]]
+    zero: bool
+    unused: bool
+    removable: bool
+    frozen_by: list[Frozen]
+    zero_if_producers_zeroed: bool
+
+
+@dataclasses.dataclass
+class ChannelGroup:
+    id: int
+    tensors: list[str]
+    slots: list[int]
+    frozen_by: list[Frozen]
+
+    @property
+    def frozen(self) -> bool:
+        return bool(self.frozen_by)
+
+
+@dataclasses.dataclass
+class ChannelAnalysis:
+    slots: list[Slot]
+    groups: list[ChannelGroup]
+    frozen: list[Frozen]
+    spaces: dict[str, Space]
+    zero: np.ndarray            # per atom
+    unused: np.ndarray          # per atom
+    label: np.ndarray           # slot id per atom
+    builder: Builder = dataclasses.field(repr=False)
+
+    def _space(self, name: str) -> Space:
+        if name not in self.spaces:
+            raise KeyError(f"tensor '{name}' has no tracked channel space")
+        return self.spaces[name]
+
+    def _take(self, arr: np.ndarray, name: str) -> np.ndarray:
+        sp = self._space(name)
+        return arr[sp.base:sp.base + sp.size].copy()
+
+    def tensor_zero(self, name: str) -> np.ndarray:
+        return self._take(self.zero, name)
+
+    def tensor_unused(self, name: str) -> np.ndarray:
+        return self._take(self.unused, name)
+
+    def slots_of(self, name: str) -> np.ndarray:
+        return self._take(self.label, name)
+
+    def removable_slots(self) -> list[Slot]:
+        return [s for s in self.slots if s.removable]
+
+
+def _shapes(graph: gs.Graph, input_shapes: Mapping[str, Sequence[int]] | None) -> dict[str, tuple]:
+    """Inferred shapes per tensor name (symbolic dims -> None); graph shapes where inference fails."""
+    out: dict[str, tuple] = {}
+    try:
+        model = _light(to_model(graph))
+        if input_shapes:
+            model = with_static_shapes(model, input_shapes)
+        else:
+            model = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+        infos = list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)
+    except Exception:  # noqa: BLE001 -- inference is best effort; unknown shapes freeze what needs them
+        infos = []
+    for vi in infos:
+        tt = vi.type.tensor_type
+        if tt.HasField("shape"):
+            out[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                                 for d in tt.shape.dim)
+    for name, dims in (input_shapes or {}).items():
+        out[name] = tuple(int(d) for d in dims)
+    return out
+
+
+def _light(model: onnx.ModelProto, keep: int = 1024) -> onnx.ModelProto:
+    """The model with large initializers turned into typed graph inputs: same shapes, no payload.
+
+    Shape inference needs only their dims; small ones (shapes, axes, pads) keep their values
+    for data propagation.
+    """
+    light = onnx.ModelProto()
+    for field in ("ir_version", "producer_name", "producer_version", "domain", "model_version"):
+        setattr(light, field, getattr(model, field))
+    light.opset_import.extend(model.opset_import)
+    g = light.graph
+    g.name = model.graph.name
+    g.node.extend(model.graph.node)
+    g.input.extend(model.graph.input)
+    g.output.extend(model.graph.output)
+    g.value_info.extend(model.graph.value_info)
+    input_names = {i.name for i in model.graph.input}
+    for init in model.graph.initializer:
+        n = int(np.prod(init.dims, dtype=np.int64))
+        if n <= keep:
+            g.initializer.append(init)
+        elif init.name not in input_names:
+            g.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    return light
+
+
+def _topo(graph: gs.Graph) -> list[gs.Node]:
+    produced = {id(t): n for n in graph.nodes for t in n.outputs}
+    order, state = [], {}
+    for root in graph.nodes:
+        stack = [(root, False)]
+        while stack:
+            node, done = stack.pop()
+            if done:
+                state[id(node)] = 2
+                order.append(node)
+                continue
+            if state.get(id(node)):
+                continue
+            state[id(node)] = 1
+            stack.append((node, True))
+            for t in node.inputs:
+                p = produced.get(id(t))
+                if p is not None and not state.get(id(p)):
+                    stack.append((p, False))
+    return order
+
+
+def _refusal(node: gs.Node) -> str | None:
+    if (node.domain or "") not in ("", "ai.onnx"):
+        return f"custom domain '{node.domain}' op {node.op}: no channel rule"
+    if any(isinstance(v, gs.Graph) for v in node.attrs.values()):
+        return f"{node.op} has subgraphs; channels through control flow are not modelled"
+    if any(q in node.op for q in QUANTIZED):
+        return f"quantized op {node.op}: channels carry scales/zero points; not modelled"
+    if node.op not in RULES:
+        return f"no channel rule for op {node.op}"
+    return None
+
+
+def build(graph: gs.Graph, input_shapes: Mapping[str, Sequence[int]] | None = None) -> tuple[Builder, list[gs.Node]]:
+    """Visit every node with its rule; returns the builder and the topological order."""
+    outputs = {t.name for t in graph.outputs}
+    b = Builder(_shapes(graph, input_shapes), opset_version(graph), outputs)
+    for t in graph.inputs:
+        shp = b.shape(t)
+        if shp is not None and len(shp) >= 2 and shp[1] is not None:
+            sp = b.new_space(t, 1, shp[1], len(shp))
+            if sp is not None:
+                b.freeze(f"graph input '{t.name}'", "graph inputs keep their shape", sp.ids)
+    nodes = _topo(graph)
+    for node in nodes:
+        why = _refusal(node)
+        if why:
+            refuse(node, b, why)
+        else:
+            RULES[node.op].couple(node, b)
+        for t in node.inputs:
+            sp = b.space(t)
+            if sp is not None and (id(node), t.name) not in b.declared:
+                b.freeze(node, f"reads channels of '{t.name}' in a way its rule does not model", sp.ids,
+                         needed=True)
+    for t in graph.outputs:
+        sp = b.space(t)
+        if sp is not None:
+            b.freeze(f"graph output '{t.name}'", "graph outputs keep their shape", sp.ids, needed=True)
+    return b, nodes
+
+
+def analyze_channels(graph: gs.Graph, input_shapes: Mapping[str, Sequence[int]] | None = None) -> ChannelAnalysis:
+    """Analyse ``graph`` (not modified); see the module docstring."""
+    b, nodes = build(graph, input_shapes)
+    n = b.n_atoms
+    src, dst = b.union_pairs()
+    adj = coo_matrix((np.ones(src.size, bool), (src, dst)), shape=(n, n))
+    n_slots, label = connected_components(adj, directed=False) if n else (0, np.zeros(0, np.int64))
+
+    zero = forward_zero(nodes, b, RULES)
+    needed = backward_needed(nodes, b, zero)
+    hyp = np.zeros(n, bool)
+    for ids in b.zeroable:
+        hyp[ids] = True
+    zero_h = forward_zero(nodes, b, RULES, hyp)
+    needed_h = backward_needed(nodes, b, zero_h, cross=(label, zero, needed))
+
+    frozen_atom = np.zeros(n, bool)
+    events_of_slot: dict[int, list[Frozen]] = {}
+    for fr, ids in b.frozen_events:
+        if ids.size:
+            frozen_atom[ids] = True
+            for s in np.unique(label[ids]):
+                lst = events_of_slot.setdefault(int(s), [])
+                if fr not in lst:
+                    lst.append(fr)
+
+    def per_slot_all(mask: np.ndarray) -> np.ndarray:
+        bad = np.zeros(n_slots, bool)
+        bad[label[~mask]] = True
+        return ~bad
+
+    slot_zero = per_slot_all(zero)
+    slot_unused = per_slot_all(~needed)
+    slot_dead = per_slot_all(zero | ~needed)
+    slot_dead_h = per_slot_all(zero_h | ~needed_h)
+    slot_frozen = ~per_slot_all(~frozen_atom)
+
+    tensor_of = np.empty(n, object)
+    chan_of = np.empty(n, np.int64)
+    for sp in b.spaces.values():
+        tensor_of[sp.base:sp.base + sp.size] = sp.tensor
+        chan_of[sp.base:sp.base + sp.size] = np.arange(sp.size)
+    order = np.argsort(label, kind="stable")
+    bounds = np.searchsorted(label[order], np.arange(n_slots + 1))
+    producers = _by_slot(b.producers, label, n_slots, ranges=False)
+    consumers = _by_slot(b.consumers, label, n_slots, ranges=True)
+    slots = []
+    for s in range(n_slots):
+        ids = order[bounds[s]:bounds[s + 1]]
+        slots.append(Slot(s, list(zip(tensor_of[ids].tolist(), chan_of[ids].tolist())), producers[s], consumers[s],
+                          bool(slot_zero[s]), bool(slot_unused[s]), bool(slot_dead[s] and not slot_frozen[s]),
+                          events_of_slot.get(s, []), bool(slot_dead_h[s] and not slot_frozen[s])))
+    frozen = list(dict.fromkeys(fr for fr, _ in b.frozen_events))
+    groups = _groups(b, label, n_slots, slots)
+    return ChannelAnalysis(slots, groups, frozen, dict(b.spaces), zero, ~needed, label, b)
+
+
+def _by_slot(entries, label: np.ndarray, n_slots: int, ranges: bool) -> list[list]:
+    """Per slot: (node, op, index) entries; consumer indices compressed into (start, stop) runs."""
+    out: list[list] = [[] for _ in range(n_slots)]
+    entries = [e for e in entries if e[2].size]
+    if not entries:
+        return out
+    lab = np.concatenate([label[e[2]] for e in entries])
+    ent = np.concatenate([np.full(e[2].size, i) for i, e in enumerate(entries)])
+    idx = np.concatenate([np.asarray(e[3], np.int64) for e in entries])
+    order = np.lexsort((idx, ent, lab))
+    lab, ent, idx = lab[order], ent[order], idx[order]
+    brk = np.ones(lab.size, bool)
+    if ranges:
+        brk[1:] = (lab[1:] != lab[:-1]) | (ent[1:] != ent[:-1]) | (idx[1:] != idx[:-1] + 1)
+    starts = np.flatnonzero(brk)
+    stops = np.append(starts[1:], lab.size)
+    for a, b in zip(starts.tolist(), stops.tolist()):
+        node, op = entries[ent[a]][:2]
+        out[int(lab[a])].append((node, op, int(idx[a]) if b - a == 1 else (int(idx[a]), int(idx[b - 1]) + 1)))
+    return out
+
+
+def _groups(b: Builder, label: np.ndarray, n_slots: int, slots: list[Slot]) -> list[ChannelGroup]:
+    """Tensors connected through shared slots (a bipartite graph tensor -- slot)."""
+    names = list(b.spaces)
+    nt = len(names)
+    rows, cols = [], []
+    for i, name in enumerate(names):
+        sp = b.spaces[name]
+        labs = np.unique(label[sp.base:sp.base + sp.size])
+        rows.append(np.full(labs.size, i))
+        cols.append(nt + labs)
+    if not names:
+        return []
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    adj = coo_matrix((np.ones(r.size, bool), (r, c)), shape=(nt + n_slots, nt + n_slots))
+    _, comp = connected_components(adj, directed=False)
+    groups: dict[int, ChannelGroup] = {}
+    for i, name in enumerate(names):
+        g = groups.setdefault(int(comp[i]), ChannelGroup(len(groups), [], [], []))
+        g.tensors.append(name)
+    for s in slots:
+        g = groups[int(comp[nt + s.id])]
+        g.slots.append(s.id)
+        for fr in s.frozen_by:
+            if fr not in g.frozen_by:
+                g.frozen_by.append(fr)
+    return list(groups.values())
+
