@@ -278,3 +278,24 @@ def test_zeroing_the_producers_of_a_gateable_slot_makes_it_removable(case):
         slot_after = after.slots[int(after.slots_of(atom[0])[atom[1]])]
         assert slot_after.removable, (s.atoms[:4], s.producers[:4])
         assert sorted(slot_after.atoms) == sorted(s.atoms)
+
+
+def test_tensors_read_inside_a_subgraph_are_frozen_by_the_node_that_owns_it():
+    """An If body reading an outer tensor is a consumer its input list does not show."""
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal([4, 3, 1, 1]).astype(np.float32)
+    w1[3] = 0  # filter 3 is zero: removable, were it not read inside the If
+    body = helper.make_graph(
+        [helper.make_node("Relu", ["c1"], ["b_y"], name="body_relu")], "then", [],
+        [helper.make_tensor_value_info("b_y", TensorProto.FLOAT, ["N", 4, 8, 8])])
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1"),
+         helper.make_node("If", ["cond"], ["y"], name="branch", then_branch=body, else_branch=body)],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8]),
+              helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 8])],
+        [numpy_helper.from_array(w1, "w1")])
+    a = analyze_channels(to_graph(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])))
+    slot = a.slots[a.slots_of("c1")[3]]
+    assert slot.zero and not slot.removable
+    assert any("branch" in f.where and "subgraph" in f.reason for f in slot.frozen_by)

@@ -78,7 +78,8 @@ def test_cut_repeats_rounds_until_a_round_changes_nothing(monkeypatch):
     names = [name for name, _ in rec.calls]
     assert names[:7] == list(pipeline.CANONICAL_ORDER)
     assert names[7:] == list(pipeline.CUT_ROUND) * 4
-    assert [name for name, with_shapes in rec.calls[7:11] if with_shapes] == ["cut_kernel_borders"]
+    assert [name for name, with_shapes in rec.calls[7:11] if with_shapes] == [
+        "drop_zero_branches", "cut_dead_channels", "cut_kernel_borders"]
 
 
 @pytest.mark.parametrize("config,absent", [

@@ -161,7 +161,35 @@ def _light(model: onnx.ModelProto, keep: int = 1024) -> onnx.ModelProto:
     return light
 
 
+def _outer_reads(node: gs.Node, tensors: Mapping[str, gs.Tensor]) -> list[gs.Tensor]:
+    """Outer-scope tensors an If/Loop/Scan body reads without listing them as node inputs."""
+    found: dict[str, gs.Tensor] = {}
+
+    def visit(sub: gs.Graph, bound: set[str]) -> None:
+        bound = bound | {t.name for t in sub.inputs} | {o.name for n in sub.nodes for o in n.outputs}
+        for n in sub.nodes:
+            for t in n.inputs:
+                if t.name and t.name not in bound and t.name in tensors:
+                    found[t.name] = tensors[t.name]
+            for v in n.attrs.values():
+                if isinstance(v, gs.Graph):
+                    visit(v, bound)
+
+    for v in node.attrs.values():
+        if isinstance(v, gs.Graph):
+            visit(v, set())
+    return list(found.values())
+
+
+def _reads(node: gs.Node, tensors: Mapping[str, gs.Tensor]) -> list[gs.Tensor]:
+    reads = list(node.inputs)
+    if any(isinstance(v, gs.Graph) for v in node.attrs.values()):
+        reads += _outer_reads(node, tensors)
+    return reads
+
+
 def _topo(graph: gs.Graph) -> list[gs.Node]:
+    tensors = graph.tensors()
     produced = {id(t): n for n in graph.nodes for t in n.outputs}
     order, state = [], {}
     for root in graph.nodes:
@@ -176,7 +204,7 @@ def _topo(graph: gs.Graph) -> list[gs.Node]:
                 continue
             state[id(node)] = 1
             stack.append((node, True))
-            for t in node.inputs:
+            for t in _reads(node, tensors):
                 p = produced.get(id(t))
                 if p is not None and not state.get(id(p)):
                     stack.append((p, False))
@@ -206,10 +234,12 @@ def build(graph: gs.Graph, input_shapes: Mapping[str, Sequence[int]] | None = No
             if sp is not None:
                 b.freeze(f"graph input '{t.name}'", "graph inputs keep their shape", sp.ids)
     nodes = _topo(graph)
+    tensors = graph.tensors()
     for node in nodes:
         why = _refusal(node)
         if why:
-            refuse(node, b, why)
+            # A body reading an outer tensor is a consumer the node's input list does not show.
+            refuse(node, b, why, [t for t in _reads(node, tensors) if t is not None and t.name])
         else:
             RULES[node.op].couple(node, b)
         for t in node.inputs:
