@@ -31,10 +31,10 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.logger import G_LOGGER
 
 from .base import Pass, PassResult
+from .graph import infer_graph_shapes
 
 _NEVER_FOLD = frozenset({"If", "Loop", "Scan", "SequenceMap", "RandomNormal", "RandomUniform",
                          "RandomNormalLike", "RandomUniformLike", "Bernoulli", "Multinomial"})
-_PROTOBUF_LIMIT = 2**31 - 1
 
 
 def _refresh_shapes(graph: gs.Graph) -> bool:
@@ -43,11 +43,7 @@ def _refresh_shapes(graph: gs.Graph) -> bool:
     inferred: dict[str, onnx.ValueInfoProto] = {}
     ok = True
     try:
-        model = gs.export_onnx(graph, do_type_check=False)
-        del model.graph.value_info[:]
-        if model.ByteSize() >= _PROTOBUF_LIMIT:
-            raise ValueError("model too large for in-memory shape inference")
-        model = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+        model = infer_graph_shapes(graph)
         inferred = {vi.name: vi for vi in model.graph.value_info}
     except Exception:  # noqa: BLE001 - any failure means: trust no intermediate shape
         ok = False

@@ -39,12 +39,11 @@ import dataclasses
 from typing import Mapping, Sequence
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from ..graph import opset_version, to_model, with_static_shapes
+from ..graph import infer_graph_shapes, opset_version
 from .facts import backward_needed, forward_zero
 from .rulebase import refuse
 from .rules import RULES
@@ -117,11 +116,7 @@ def _shapes(graph: gs.Graph, input_shapes: Mapping[str, Sequence[int]] | None) -
     """Inferred shapes per tensor name (symbolic dims -> None); graph shapes where inference fails."""
     out: dict[str, tuple] = {}
     try:
-        model = _light(to_model(graph))
-        if input_shapes:
-            model = with_static_shapes(model, input_shapes)
-        else:
-            model = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+        model = infer_graph_shapes(graph, input_shapes)
         infos = list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)
     except Exception:  # noqa: BLE001 -- inference is best effort; unknown shapes freeze what needs them
         infos = []
@@ -133,32 +128,6 @@ def _shapes(graph: gs.Graph, input_shapes: Mapping[str, Sequence[int]] | None) -
     for name, dims in (input_shapes or {}).items():
         out[name] = tuple(int(d) for d in dims)
     return out
-
-
-def _light(model: onnx.ModelProto, keep: int = 1024) -> onnx.ModelProto:
-    """The model with large initializers turned into typed graph inputs: same shapes, no payload.
-
-    Shape inference needs only their dims; small ones (shapes, axes, pads) keep their values
-    for data propagation.
-    """
-    light = onnx.ModelProto()
-    for field in ("ir_version", "producer_name", "producer_version", "domain", "model_version"):
-        setattr(light, field, getattr(model, field))
-    light.opset_import.extend(model.opset_import)
-    g = light.graph
-    g.name = model.graph.name
-    g.node.extend(model.graph.node)
-    g.input.extend(model.graph.input)
-    g.output.extend(model.graph.output)
-    g.value_info.extend(model.graph.value_info)
-    input_names = {i.name for i in model.graph.input}
-    for init in model.graph.initializer:
-        n = int(np.prod(init.dims, dtype=np.int64))
-        if n <= keep:
-            g.initializer.append(init)
-        elif init.name not in input_names:
-            g.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
-    return light
 
 
 def _outer_reads(node: gs.Node, tensors: Mapping[str, gs.Tensor]) -> list[gs.Tensor]:
