@@ -281,3 +281,42 @@ def unique_name(graph: gs.Graph, base: str) -> str:
     while f"{base}_{i}" in taken:
         i += 1
     return f"{base}_{i}"
+
+
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+              "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8,
+              "tensor(int8)": np.int8, "tensor(bool)": np.bool_}
+
+
+def shapes_by_running(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]],
+                      names: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    """Concrete shapes of the tensors ``names``, read from one ONNX Runtime run of ``model`` on
+    zero inputs of ``input_shapes`` (graph optimisations off, so every name survives).
+
+    For shapes ONNX shape inference cannot tell (e.g. a Reshape whose target is computed
+    by Shape -> Cast -> Slice -> Concat). Best effort: a failed run gives ``{}``, and the
+    caller names what stays unknown. A shape read this way holds for these input shapes
+    only; a caller must not use it for a tensor whose shape depends on input values.
+    """
+    import onnxruntime as ort  # only needed for models shape inference cannot resolve
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    del m.graph.value_info[:]  # stale intermediate shapes must not contradict the run
+    existing = {o.name for o in m.graph.output}
+    for name in names:
+        if name not in existing:
+            m.graph.output.append(onnx.ValueInfoProto(name=name))
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        feeds = {inp.name: np.zeros([int(d) for d in input_shapes[inp.name]], _ORT_TYPES.get(inp.type, np.float32))
+                 for inp in sess.get_inputs()}
+        values = sess.run(list(names), feeds)
+    except Exception:  # noqa: BLE001 -- a fallback; the caller names what stays unknown
+        return {}
+    return {n: tuple(int(d) for d in np.shape(v)) for n, v in zip(names, values)}

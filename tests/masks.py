@@ -13,7 +13,7 @@ A mask is a plain tuple, so a failing example reads as its reproducer:
 - ``("slot", ((node, c), ...))``: zero every listed producer channel (filter + bias) at once:
   the same channel in every producer of a residual Add group, of an SE gate, of a depthwise
   conv and its producer, across Concat / Split offsets. The lists come from the oracle's
-  coupling (:meth:`tests.oracle.Structure.coupled_slots`); a random subset of a slot's
+  coupling (:meth:`tests.oracle_structure.Structure.coupled_slots`); a random subset of a slot's
   producers is drawn too (then the slot must stay).
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ import onnx
 from hypothesis import strategies as st
 from onnx import numpy_helper
 
-from tests.oracle import Structure
+from tests.oracle_structure import Structure
 
 
 @dataclasses.dataclass(frozen=True)

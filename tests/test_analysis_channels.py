@@ -70,9 +70,11 @@ class Net:
         bv[list(zero_out)] = 0
         return self.op("Gemm", [x, self.const(w, "G"), self.const(bv, "Gb")], name=name, transB=1)
 
-    def model(self, *outputs: str) -> onnx.ModelProto:
+    def model(self, *outputs: str, shapes: dict | None = None) -> onnx.ModelProto:
+        """The model; ``shapes`` declares output shapes that inference cannot tell (runtime reshapes)."""
         g = helper.make_graph(self.nodes, "net", self.inputs,
-                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs], self.inits)
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, (shapes or {}).get(o))
+                               for o in outputs], self.inits)
         m = helper.make_model(g, opset_imports=[helper.make_opsetid("", self.opset)])
         m.ir_version = 8
         m = onnx.shape_inference.infer_shapes(m)

@@ -78,3 +78,39 @@ def test_hypothesis_never_borrows_another_slots_zeroing():
     assert all(an.slots[int(s)].zero_if_producers_zeroed for s in an.slots_of(a))
     assert not any(an.slots[int(s)].zero_if_producers_zeroed for s in an.slots_of(b))
     assert not any(sl.removable for sl in an.slots)
+
+
+def runtime_flatten_head(head_zero: bool):
+    """x -> c1 -> u -> a -> t -> Reshape(t, runtime target from Shape(t)) -> MatMul(W) + b -> y.
+
+    The Reshape (runtime target) and Shape have no model: t is frozen; the reshaped tensor is
+    not tracked, so only node liveness can tell whether t, and u behind it, are needed."""
+    import onnx
+    n = Net()
+    x = n.input([1, 3, 4, 4])
+    u = n.op("Relu", [n.conv(x, 3, 6, name="c1")])
+    t = n.op("Relu", [n.conv(u, 6, 4, name="a")])
+    s = n.op("Cast", [n.op("Shape", [t], name="shape")], to=onnx.TensorProto.INT32)
+    s = n.op("Slice", [s, n.const(np.array([0], np.int32)), n.const(np.array([1], np.int32))])
+    target = n.op("Concat", [n.op("Cast", [s], to=onnx.TensorProto.INT64), n.const(np.array([-1], np.int64))],
+                  axis=0)
+    r = n.op("Reshape", [t, target], name="flatten")
+    w = n.weight((64, 5)) * (0 if head_zero else 1)
+    y = n.op("Add", [n.op("MatMul", [r, n.const(w)], name="head"), n.const(n.weight((5,)))])
+    return n.model(y, shapes={y: [1, 5]}), u, t
+
+
+def test_unused_flows_back_through_refused_nodes_none_of_whose_outputs_is_needed():
+    model, u, t = runtime_flatten_head(head_zero=True)
+    an = analyze(model, {"x": [1, 3, 4, 4]})
+    assert {f.where for f in an.frozen} >= {"shape (Shape)", "flatten (Reshape)"}
+    assert an.tensor_unused(t).all() and an.tensor_unused(u).all()
+    assert not any(an.slots[int(s)].removable for s in an.slots_of(t))      # frozen stays frozen
+    assert all(an.slots[int(s)].removable for s in an.slots_of(u))
+
+
+def test_a_live_refused_node_needs_everything_it_reads():
+    model, u, t = runtime_flatten_head(head_zero=False)
+    an = analyze(model, {"x": [1, 3, 4, 4]})
+    assert not an.tensor_unused(t).any() and not an.tensor_unused(u).any()
+    assert not any(sl.removable for sl in an.slots)

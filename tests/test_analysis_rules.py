@@ -161,3 +161,39 @@ def test_layout_with_unknown_spatial_size_is_frozen_until_shapes_are_given():
     assert an.slots[int(an.slots_of(a)[1])].zero and not an.slots[int(an.slots_of(a)[1])].removable
     an = analyze(model, {"x": [1, 3, 8, 8]})
     assert an.slots[int(an.slots_of(a)[1])].removable
+
+
+@pytest.mark.parametrize("layout", ["flatten", "reshape_fixed", "reshape_minus1", "reshape_batch_minus1",
+                                    "transpose_flatten", "squeeze"])
+def test_a_one_channel_tensor_keeps_its_feature_axis_through_layouts(layout):
+    """One channel makes the index simulation constant; the axis is found by probing with two."""
+    n = Net()
+    x = n.input([1, 3, 2, 3])
+    a = n.op("Relu", [n.conv(x, 3, 1, name="a")])                   # [1, 1, 2, 3]
+    if layout == "flatten":
+        f = n.op("Flatten", [a])
+    elif layout == "reshape_fixed":                                  # a cut left [1, 6] (was [1, C*6])
+        f = n.op("Reshape", [a, n.const(np.array([1, 6], np.int64))])
+    elif layout == "reshape_minus1":
+        f = n.op("Reshape", [a, n.const(np.array([1, -1], np.int64))])
+    elif layout == "reshape_batch_minus1":                           # [-1, 6] fits a batch axis of 2 too
+        f = n.op("Reshape", [a, n.const(np.array([-1, 6], np.int64))])
+    elif layout == "transpose_flatten":                              # MTCNN: channel axis moves last
+        f = n.op("Flatten", [n.op("Transpose", [a], perm=[0, 3, 2, 1])])
+    else:
+        a = n.op("GlobalAveragePool", [a])                            # [1, 1, 1, 1]
+        f = n.op("Squeeze", [a, n.const(np.array([2, 3], np.int64))])  # [1, 1]
+    k = 1 if layout == "squeeze" else 6
+    an = analyze(n.model(n.gemm(f, k, 2, name="g")))
+    assert an.frozen and all(fr.where.startswith("graph") for fr in an.frozen), an.frozen
+    assert an.spaces[f].axis == 1 and an.spaces[f].size == k
+    assert set(an.slots_of(f).tolist()) == set(an.slots_of(a).tolist())
+
+
+def test_a_one_channel_axis_that_a_squeeze_without_axes_drops_is_frozen_with_that_reason():
+    n = Net()
+    x = n.input([1, 3, 1, 1])
+    a = n.op("Relu", [n.conv(x, 3, 1, k=1, pads=[0] * 4, name="a")])  # [1, 1, 1, 1]
+    s = n.op("Squeeze", [a])                                          # [] : the channel axis is gone
+    an = analyze(n.model(n.op("Mul", [s, n.const(np.float32(2.0))])))
+    assert any("one channel left" in fr.reason for fr in an.frozen), an.frozen

@@ -329,6 +329,41 @@ def test_unsupported_op_freezes_its_group_and_the_rest_is_cut():
     assert any(f["where"] == "d2s (DepthToSpace)" for f in stats["frozen"])
 
 
+def test_what_only_a_dead_refused_node_reads_is_cut_and_the_slot_it_froze_stays():
+    """The head reads nothing, so Shape and the runtime Reshape (both frozen) are not live: the
+    channels behind them go, the tensor they read keeps its channels (they would be edited)."""
+    from tests.test_analysis_facts import runtime_flatten_head
+    model, _, _ = runtime_flatten_head(head_zero=True)
+    m, stats = cut(model, {"x": [1, 3, 4, 4]})
+    ws = conv_weights(m)
+    assert ws["c1"].shape[0] == 1 and ws["a"].shape[:2] == (4, 1)
+    assert {"shape (Shape)", "flatten (Reshape)"} <= {f["where"] for f in stats["frozen"]}
+
+
+def test_the_pipeline_cuts_a_group_once_the_dead_node_that_froze_it_is_gone():
+    """Round 1 drops the zero branch; the DepthToSpace (no rule) that froze u is then dead, and
+    eliminate_dead_nodes removes it; round 2 sees u unfrozen and cuts its zero channels."""
+    from passes import pipeline
+    n = Net()
+    x = n.input([1, 3, 4, 4])
+    u = n.op("Relu", [n.conv(x, 3, 6, zero_out=(2, 3, 4, 5), name="c1")])
+    main = n.conv(u, 6, 4, name="m")
+    r = n.op("DepthToSpace", [n.op("Relu", [u])], name="d2s", blocksize=1)
+    zw = np.zeros((4, 6, 3, 3), np.float32)
+    side = n.op("Conv", [r, n.const(zw)], name="z", pads=[1] * 4)
+    y = n.op("Add", [main, side])
+    model = n.model(y, shapes={y: [1, 4, 4, 4]})
+    shapes = {"x": [1, 3, 4, 4]}
+    res = pipeline.cut(to_graph(model), shapes)
+    out = to_model(res.graph)
+    assert_equivalent(model, out, shapes)
+    ws = conv_weights(out)
+    assert ws["c1"].shape[0] == 2 and ws["m"].shape[1] == 2
+    assert "DepthToSpace" not in op_counts(out)
+    assert any(f["where"] == "d2s (DepthToSpace)" for f in res.frozen())   # round 1 saw the freeze
+    assert res.rounds >= 2
+
+
 def test_a_tensor_keeps_one_channel_when_every_slot_is_removable():
     n = Net()
     x = n.input(["N", 3, 8, 8])

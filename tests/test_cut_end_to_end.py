@@ -309,41 +309,15 @@ def raise_soft(soft: list[AssertionError]) -> None:
             raise kind("\n".join(str(e) for e in soft))
 
 
-# A tensor cut down to one channel makes the layout rules (Flatten / Reshape / Transpose) freeze
-# its group as "mixes the channel axis with another axis" in the next round (their index
-# simulation looks for an axis with more than one distinct channel). Seen when a mask zeroes a
-# whole classifier (Gemm) or the last conv; every other check of these cases still runs and passes.
-ONE_CHANNEL_LAYOUT_BUG = pytest.mark.xfail(strict=True, raises=UnexpectedFreeze, reason=(
-    "bug: passes/analysis/rules_layout.py _find_axis needs > 1 distinct channel, so a 1-channel tensor "
-    "into Flatten/Reshape/Transpose is frozen as 'mixes the channel axis with another axis'"))
-ONE_CHANNEL_LAYOUT_CASES = {"resnet_basic-torchscript", "resnet_basic-dynamo", "vgg-torchscript", "vgg-dynamo",
-                            "mobilenet_v3-torchscript", "mtcnn-torchscript",
-                            "mtcnn-dynamo"}
-
-
-def test_zoo_random_masks_cut_exactly_and_optimally(zoo_model, request):
+def test_zoo_random_masks_cut_exactly_and_optimally(zoo_model):
     name, exporter, _, _ = zoo_model
     case = zoo_case(name, exporter)
-    if case.label in ONE_CHANNEL_LAYOUT_CASES:
-        request.applymarker(ONE_CHANNEL_LAYOUT_BUG)
     explore_and_check(case, ZOO_EXAMPLES, "api" if exporter == "torchscript" else "pipeline",
                       EXPECTED_FROZEN_OPS.get(name, set()))
 
 
-# 'unused' stops at ops the analysis freezes or does not track (Shape, runtime Reshape, MatMul on
-# rank-3 or unknown-rank operands): when the head reads nothing, the whole backbone is unused
-# (its groups are unfrozen; dense convs separate them from the frozen ones) but is kept.
-UNUSED_THROUGH_FROZEN_BUG = pytest.mark.xfail(strict=True, raises=NotBestCut, reason=(
-    "bug: 'unused' does not flow backward through nodes the channel analysis freezes or does not "
-    "track, even when none of their outputs is used (PP-OCR cls: MatMul@0 with zero weights leaves "
-    "the whole backbone unused; rec: see test_ppocr_rec_a_head_conv_that_reads_nothing...)"))
-UNUSED_THROUGH_FROZEN_CASES = {"cls"}
-
-
-def test_ppocr_random_masks_cut_exactly_and_optimally(ppocr_model, request):
+def test_ppocr_random_masks_cut_exactly_and_optimally(ppocr_model):
     kind, _, _ = ppocr_model
-    if kind in UNUSED_THROUGH_FROZEN_CASES:
-        request.applymarker(UNUSED_THROUGH_FROZEN_BUG)
     explore_and_check(ppocr_case(kind), PPOCR_EXAMPLES, "pipeline", min_size=6, max_size=20)
 
 
@@ -385,22 +359,17 @@ def test_oracle_kernel_border_counts_zero_slices_across_filters_and_channels():
 
 # ------------------------------------------------------------------------ found by the tests above
 
-@pytest.mark.xfail(strict=True, raises=NotBestCut, reason=(
-    "bug: 'unused' does not flow backward through nodes outside the channel spaces (PP-OCR rec's "
-    "rank-3 transformer block, Shape, frozen MatMul) even when none of their outputs is used: with "
-    "the head conv p2o.Conv.36 reading nothing, every backbone slot (unfrozen groups, p2o.Conv.0 on) "
-    "is unused, yet the cut keeps them all"))
 def test_ppocr_rec_a_head_conv_that_reads_nothing_leaves_the_backbone_unused():
+    """'unused' flows back through nodes the analysis freezes or does not track (the rank-3
+    transformer block, Shape, runtime Reshape) when none of their outputs is needed: with the
+    head conv p2o.Conv.36 reading nothing, every backbone slot the oracle calls removable goes."""
     case = ppocr_case("rec")
     site = next(s for s in case.sites.weighted if s.node == "p2o.Conv.36")
     raise_soft(check_cut(case, [("in", site.node, tuple(range(site.n_in)))], "pipeline"))
 
 
-@pytest.mark.xfail(strict=True, raises=UnexpectedFreeze, reason=(
-    "bug: a tensor cut down to one channel (here: the classifier reads nothing, so the pooled "
-    "features are unused and keep one slot) makes the Flatten rule freeze its group in the next "
-    "round as 'mixes the channel axis with another axis' (rules_layout._find_axis needs > 1 "
-    "distinct channel)"))
 def test_a_one_channel_tensor_into_flatten_is_not_frozen():
+    """The classifier reads nothing, so the pooled features are unused and keep one slot; in
+    the next round the one-channel tensor still flows through Flatten into the Gemm (no freeze)."""
     case = zoo_case("resnet_basic", "torchscript")
     raise_soft(check_cut(case, [("out", "/fc/Gemm", tuple(range(10)))], "pipeline", expected_frozen_ops=set()))

@@ -5,10 +5,11 @@ Public API (other modules code against it)::
     analyze_channels(graph: gs.Graph, input_shapes: dict | None = None) -> ChannelAnalysis
 
     ChannelAnalysis
-        slots: list[Slot]                  every slot, by id
-        groups: list[ChannelGroup]         connected sets of coupled tensor spaces (reports)
+        slots: list[Slot]                  every slot, by id (built on first access)
+        groups: list[ChannelGroup]         connected sets of coupled tensor spaces (reports; lazy too)
         frozen: list[Frozen]               every freeze, Frozen(where="node (Op)", reason)
         spaces: dict[str, Space]           tensor name -> Space(tensor, axis, rank, size, base)
+        label: int[atoms]                  slot id per atom; slot_removable: bool[n_slots]
         tensor_zero(name) -> bool[C]       channel identically zero
         tensor_unused(name) -> bool[C]     no graph output depends on the channel
         slots_of(name) -> int[C]           slot id per channel
@@ -26,7 +27,13 @@ every op touching it has a drop rule: ops without one freeze what they touch).
 
 Frozen: graph inputs and outputs, ops absent from ``RULES`` (If/Loop/Scan, quantized
 ops, custom domains included), tensors whose channel axis or needed shapes are
-unknown, and any input a rule does not declare how it reads.
+unknown (shapes: :mod:`passes.analysis.shapes`, whose reason the freeze quotes), and
+any input a rule does not declare how it reads. Frozen is about editing,
+not liveness: a refused node needs its inputs only while one of its outputs is needed
+(see :mod:`passes.analysis.facts`), so the slots behind it can be unused and go, but
+a slot it touches stays, unused or not, because the node would have to change. Once
+nothing reads that node, ``eliminate_dead_nodes`` removes it and the next cut round
+sees the group unfrozen.
 
 ``zero_if_producers_zeroed`` answers the learning stage: if every producer entry of the
 slot (Conv/ConvTranspose/Gemm/MatMul filter weights + bias, BN/IN scale + shift) were
@@ -36,6 +43,7 @@ disjoint; cross-slot liveness is judged by the real facts, which is conservative
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -43,10 +51,11 @@ import onnx_graphsurgeon as gs
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from ..graph import infer_graph_shapes, opset_version
+from ..graph import opset_version
 from .facts import backward_needed, forward_zero
 from .rulebase import refuse
 from .rules import RULES
+from .shapes import tensor_shapes
 from .spaces import Builder, Frozen, Space, node_label
 
 __all__ = ["analyze_channels", "build", "ChannelAnalysis", "Slot", "ChannelGroup", "Frozen", "Space", "node_label"]
@@ -81,14 +90,29 @@ class ChannelGroup:
 
 @dataclasses.dataclass
 class ChannelAnalysis:
-    slots: list[Slot]
-    groups: list[ChannelGroup]
+    """The analysis; per-slot facts are arrays, the :class:`Slot` / :class:`ChannelGroup`
+    objects are built on first access (the cut passes need only the arrays)."""
+
     frozen: list[Frozen]
     spaces: dict[str, Space]
     zero: np.ndarray            # per atom
     unused: np.ndarray          # per atom
     label: np.ndarray           # slot id per atom
+    slot_removable: np.ndarray  # per slot
     builder: Builder = dataclasses.field(repr=False)
+    _per_slot: dict[str, np.ndarray] = dataclasses.field(repr=False, default_factory=dict)
+
+    @property
+    def n_slots(self) -> int:
+        return int(self.slot_removable.size)
+
+    @functools.cached_property
+    def slots(self) -> list[Slot]:
+        return _slots(self)
+
+    @functools.cached_property
+    def groups(self) -> list[ChannelGroup]:
+        return _groups(self.builder, self.label, self.n_slots, self.slots)
 
     def _space(self, name: str) -> Space:
         if name not in self.spaces:
@@ -109,25 +133,7 @@ class ChannelAnalysis:
         return self._take(self.label, name)
 
     def removable_slots(self) -> list[Slot]:
-        return [s for s in self.slots if s.removable]
-
-
-def _shapes(graph: gs.Graph, input_shapes: Mapping[str, Sequence[int]] | None) -> dict[str, tuple]:
-    """Inferred shapes per tensor name (symbolic dims -> None); graph shapes where inference fails."""
-    out: dict[str, tuple] = {}
-    try:
-        model = infer_graph_shapes(graph, input_shapes)
-        infos = list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)
-    except Exception:  # noqa: BLE001 -- inference is best effort; unknown shapes freeze what needs them
-        infos = []
-    for vi in infos:
-        tt = vi.type.tensor_type
-        if tt.HasField("shape"):
-            out[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                                 for d in tt.shape.dim)
-    for name, dims in (input_shapes or {}).items():
-        out[name] = tuple(int(d) for d in dims)
-    return out
+        return [self.slots[int(i)] for i in np.flatnonzero(self.slot_removable)]
 
 
 def _outer_reads(node: gs.Node, tensors: Mapping[str, gs.Tensor]) -> list[gs.Tensor]:
@@ -195,16 +201,19 @@ def _refusal(node: gs.Node) -> str | None:
 def build(graph: gs.Graph, input_shapes: Mapping[str, Sequence[int]] | None = None) -> tuple[Builder, list[gs.Node]]:
     """Visit every node with its rule; returns the builder and the topological order."""
     outputs = {t.name for t in graph.outputs}
-    b = Builder(_shapes(graph, input_shapes), opset_version(graph), outputs)
+    nodes = _topo(graph)
+    shapes, unknown = tensor_shapes(graph, nodes, input_shapes)
+    b = Builder(shapes, opset_version(graph), outputs, unknown)
     for t in graph.inputs:
         shp = b.shape(t)
         if shp is not None and len(shp) >= 2 and shp[1] is not None:
             sp = b.new_space(t, 1, shp[1], len(shp))
             if sp is not None:
                 b.freeze(f"graph input '{t.name}'", "graph inputs keep their shape", sp.ids)
-    nodes = _topo(graph)
     tensors = graph.tensors()
     for node in nodes:
+        b.reads[id(node)] = [t.name for t in _reads(node, tensors)
+                             if t is not None and t.name and not isinstance(t, gs.Constant)]
         why = _refusal(node)
         if why:
             # A body reading an outer tensor is a consumer the node's input list does not show.
@@ -232,52 +241,54 @@ def analyze_channels(graph: gs.Graph, input_shapes: Mapping[str, Sequence[int]] 
     n_slots, label = connected_components(adj, directed=False) if n else (0, np.zeros(0, np.int64))
 
     zero = forward_zero(nodes, b, RULES)
-    needed = backward_needed(nodes, b, zero)
+    needed, live_nodes = backward_needed(nodes, b, zero)
     hyp = np.zeros(n, bool)
     for ids in b.zeroable:
         hyp[ids] = True
     zero_h = forward_zero(nodes, b, RULES, hyp)
-    needed_h = backward_needed(nodes, b, zero_h, cross=(label, zero, needed))
+    needed_h, _ = backward_needed(nodes, b, zero_h, cross=(label, zero, needed), live_nodes=live_nodes)
 
     frozen_atom = np.zeros(n, bool)
-    events_of_slot: dict[int, list[Frozen]] = {}
-    for fr, ids in b.frozen_events:
-        if ids.size:
-            frozen_atom[ids] = True
-            for s in np.unique(label[ids]):
-                lst = events_of_slot.setdefault(int(s), [])
-                if fr not in lst:
-                    lst.append(fr)
+    for _, ids in b.frozen_events:
+        frozen_atom[ids] = True
 
     def per_slot_all(mask: np.ndarray) -> np.ndarray:
         bad = np.zeros(n_slots, bool)
         bad[label[~mask]] = True
         return ~bad
 
-    slot_zero = per_slot_all(zero)
-    slot_unused = per_slot_all(~needed)
-    slot_dead = per_slot_all(zero | ~needed)
-    slot_dead_h = per_slot_all(zero_h | ~needed_h)
     slot_frozen = ~per_slot_all(~frozen_atom)
+    per_slot = {"zero": per_slot_all(zero), "unused": per_slot_all(~needed),
+                "gateable": per_slot_all(zero_h | ~needed_h) & ~slot_frozen}
+    removable = per_slot_all(zero | ~needed) & ~slot_frozen
+    frozen = list(dict.fromkeys(fr for fr, _ in b.frozen_events))
+    return ChannelAnalysis(frozen, dict(b.spaces), zero, ~needed, label, removable, b, per_slot)
 
+
+def _slots(a: ChannelAnalysis) -> list[Slot]:
+    """The :class:`Slot` objects of an analysis (see :class:`ChannelAnalysis`)."""
+    b, label, n_slots, n = a.builder, a.label, a.n_slots, a.label.size
+    events_of_slot: dict[int, list[Frozen]] = {}
+    for fr, ids in b.frozen_events:
+        for s in np.unique(label[ids]).tolist():
+            lst = events_of_slot.setdefault(s, [])
+            if fr not in lst:
+                lst.append(fr)
     tensor_of = np.empty(n, object)
     chan_of = np.empty(n, np.int64)
     for sp in b.spaces.values():
         tensor_of[sp.base:sp.base + sp.size] = sp.tensor
         chan_of[sp.base:sp.base + sp.size] = np.arange(sp.size)
     order = np.argsort(label, kind="stable")
-    bounds = np.searchsorted(label[order], np.arange(n_slots + 1))
+    bounds = np.searchsorted(label[order], np.arange(n_slots + 1)).tolist()
+    tensors, chans = tensor_of[order].tolist(), chan_of[order].tolist()
     producers = _by_slot(b.producers, label, n_slots, ranges=False)
     consumers = _by_slot(b.consumers, label, n_slots, ranges=True)
-    slots = []
-    for s in range(n_slots):
-        ids = order[bounds[s]:bounds[s + 1]]
-        slots.append(Slot(s, list(zip(tensor_of[ids].tolist(), chan_of[ids].tolist())), producers[s], consumers[s],
-                          bool(slot_zero[s]), bool(slot_unused[s]), bool(slot_dead[s] and not slot_frozen[s]),
-                          events_of_slot.get(s, []), bool(slot_dead_h[s] and not slot_frozen[s])))
-    frozen = list(dict.fromkeys(fr for fr, _ in b.frozen_events))
-    groups = _groups(b, label, n_slots, slots)
-    return ChannelAnalysis(slots, groups, frozen, dict(b.spaces), zero, ~needed, label, b)
+    zero, unused = a._per_slot["zero"].tolist(), a._per_slot["unused"].tolist()
+    removable, gateable = a.slot_removable.tolist(), a._per_slot["gateable"].tolist()
+    return [Slot(s, list(zip(tensors[bounds[s]:bounds[s + 1]], chans[bounds[s]:bounds[s + 1]])), producers[s],
+                 consumers[s], zero[s], unused[s], removable[s], events_of_slot.get(s, []), gateable[s])
+            for s in range(n_slots)]
 
 
 def _by_slot(entries, label: np.ndarray, n_slots: int, ranges: bool) -> list[list]:

@@ -8,15 +8,21 @@ zero(a)
     one zero operand, Add all ...).
 unused(a)
     no graph output depends on a. One pass in reverse topological order: atom a is
-    *needed* when it is a graph output, is read by an op without a model, feeds a
-    live atom through a ``flow``/``read`` edge, or is read with a non-zero weight by a
-    live filter; live = needed and not zero. unused = not needed.
+    *needed* when it is a graph output, feeds a live atom through a ``flow``/``read``
+    edge, is read with a non-zero weight by a live filter, or is read without a model
+    (an op without a rule, a refusal, an undeclared read) by a *live node*, one with a
+    needed output; live atom = needed and not zero. Untracked tensors (shapes, rank-3
+    blocks, anything outside the channel spaces) are needed as a whole when a live
+    node reads them, so "unused" flows back through nodes the analysis does not model
+    whenever none of their outputs is needed. unused = not needed.
 
 Both passes are single sweeps: zero depends only on producers, needed only on
 consumers, and the graph is acyclic. Soundness, for any set R of removed slots whose
 atoms are all zero or unused: every surviving live atom keeps its value and every
 surviving zero atom stays zero (a live filter never reads a removed non-zero channel
-with a non-zero weight; a coupled op's output shares its inputs' slot).
+with a non-zero weight; a coupled op's output shares its inputs' slot). A node that is
+not live may see other values after the cut, but no graph output reads them; it never
+sees other shapes, because every tensor an unmodelled read touches is frozen.
 
 The hypothesis used by the learning stage ("if the producer entries of a slot were
 zeroed") reruns both sweeps with every producer entry zero, but judges liveness
@@ -73,15 +79,26 @@ def forward_zero(nodes: Sequence[gs.Node], b: Builder, rules: dict, hyp: np.ndar
 
 
 def backward_needed(nodes: Sequence[gs.Node], b: Builder, zero: np.ndarray,
-                    cross: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-    """bool per atom: some graph output depends on it.
+                    cross: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                    live_nodes: set[int] | None = None) -> tuple[np.ndarray, set[int]]:
+    """(bool per atom: some graph output depends on it, ids of the *live* nodes).
+
+    A node is live when one of its outputs is needed: a graph output, a tracked output
+    with a needed atom, or an untracked output some live node reads. Only a live node
+    needs what it reads without a model (untracked inputs, inputs of a refused node,
+    reads the safety net froze); a node none of whose outputs is needed needs nothing,
+    whatever its op (Shape, a runtime Reshape, a node outside the channel spaces).
 
     ``cross`` = (slot label per atom, real zero, real needed): when given (the
-    hypothesis), an edge between two different slots is judged by the real facts.
+    hypothesis), an edge between two different slots is judged by the real facts, and
+    ``live_nodes`` (the real run's) decides which nodes are live: unmodelled reads join
+    no slots, so they always cross.
     """
     needed = np.zeros(b.n_atoms, bool)
     for ids in b.needed_always:
         needed[ids] = True
+    tensor_needed = set(b.graph_outputs)     # untracked tensors some live node reads
+    live_set: set[int] = set()
 
     def live(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
         mine = needed[dst] & ~zero[dst]
@@ -90,23 +107,45 @@ def backward_needed(nodes: Sequence[gs.Node], b: Builder, zero: np.ndarray,
         label, zero_real, needed_real = cross
         return np.where(label[src] == label[dst], mine, needed_real[dst] & ~zero_real[dst])
 
+    spaces = b.spaces
     for node in reversed(nodes):
-        for src, dst in b.flows.get(id(node), ()):
+        key = id(node)
+        if live_nodes is not None:
+            is_live = key in live_nodes
+        else:
+            is_live = False
+            for o in node.outputs:
+                sp = spaces.get(o.name)
+                if o.name in tensor_needed or (sp is not None and needed[sp.base:sp.base + sp.size].any()):
+                    is_live = True
+                    break
+        sink = b.sinks.get(key)
+        if is_live:
+            live_set.add(key)
+            for ids in b.needed_if_live.get(key, ()):
+                needed[ids] = True
+            skip = None
+            if sink is not None and sink.input is None and live_nodes is None:
+                # an untracked input of a weighted node is read only through live filters' non-zero weights
+                ys = spaces[sink.output]
+                if not sink.needed_inputs(needed[ys.ids] & ~zero[ys.ids]).any():
+                    skip = node.inputs[0].name
+            tensor_needed.update(name for name in b.reads.get(key, ()) if name not in spaces and name != skip)
+        for src, dst in b.flows.get(key, ()):
             np.logical_or.at(needed, src, live(src, dst))
-        sink = b.sinks.get(id(node))
         if sink is None or sink.input is None:
             continue
-        xs, ys = b.spaces[sink.input], b.spaces[sink.output]
+        xs, ys = spaces[sink.input], spaces[sink.output]
         out_ids = ys.ids
         if cross is not None and np.intersect1d(cross[0][out_ids], cross[0][xs.ids]).size:
             _sink_needed_mixed(sink, xs.ids, out_ids, needed, live)
         else:
             if cross is None:
-                live_out = needed[out_ids] & ~zero[out_ids]
+                live_f = needed[out_ids] & ~zero[out_ids]
             else:  # filters and inputs lie in different slots: judge by the real facts
-                live_out = cross[2][out_ids] & ~cross[1][out_ids]
-            needed[xs.ids] |= sink.needed_inputs(live_out)
-    return needed
+                live_f = cross[2][out_ids] & ~cross[1][out_ids]
+            needed[xs.ids] |= sink.needed_inputs(live_f)
+    return needed, live_set
 
 
 def _sink_needed_mixed(sink: Any, in_ids: np.ndarray, out_ids: np.ndarray, needed: np.ndarray, live) -> None:

@@ -34,12 +34,11 @@ import dataclasses
 import math
 from typing import Mapping, Sequence
 
-import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
 from ..base import ModelError
-from ..graph import graph_input_shapes, to_model, with_static_shapes
+from ..graph import graph_input_shapes, shapes_by_running, to_model, with_static_shapes
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
@@ -93,7 +92,7 @@ def count_cost(model: onnx.ModelProto | gs.Graph,
 
     missing = {t for n in nodes for t in _needed(n) if t not in shapes}
     if missing:
-        shapes.update(_shapes_by_running(inferred, shapes_in, sorted(missing)))
+        shapes.update(shapes_by_running(inferred, shapes_in, sorted(missing)))
 
     layers, counted, total_params = [], set(), 0
     for idx, node in enumerate(nodes):
@@ -178,35 +177,3 @@ def _constants(model: onnx.ModelProto) -> dict[str, tuple[int, bool]]:
                 if a.name == "value":
                     out[node.output[0]] = (math.prod(a.t.dims), a.t.data_type in _FLOAT_TYPES)
     return out
-
-
-def _shapes_by_running(model: onnx.ModelProto, input_shapes: dict[str, list[int]],
-                       names: list[str]) -> dict[str, tuple[int, ...]]:
-    """Read the shapes of ``names`` by running the model once on zeros (best effort)."""
-    import onnxruntime as ort  # only needed for models shape inference cannot resolve
-
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    existing = {o.name for o in m.graph.output}
-    for name in names:
-        if name not in existing:
-            m.graph.output.append(onnx.ValueInfoProto(name=name))
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.intra_op_num_threads = 1
-    opts.log_severity_level = 3
-    try:
-        sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        feeds = {}
-        for inp in sess.get_inputs():
-            dtype = _ORT_TYPES.get(inp.type, np.float32)
-            feeds[inp.name] = np.zeros(input_shapes[inp.name], dtype=dtype)
-        values = sess.run(names, feeds)
-    except Exception:  # noqa: BLE001 -- a fallback; the caller names what stays unknown
-        return {}
-    return {n: tuple(int(d) for d in np.shape(v)) for n, v in zip(names, values)}
-
-
-_ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
-              "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8,
-              "tensor(int8)": np.int8, "tensor(bool)": np.bool_}

@@ -54,7 +54,8 @@ def data_inputs(node: gs.Node, indices: list[int] | None = None) -> list[tuple[i
 
 
 def refuse(node: gs.Node, b: Builder, reason: str, tensors: list[gs.Tensor] | None = None) -> None:
-    """Freeze (and mark needed) every tracked input of ``node``: its reading is not modelled.
+    """Freeze every tracked input of ``node``: its reading is not modelled, so the inputs
+    are needed whenever ``node`` is live (one of its outputs is needed; see facts).
 
     Output spaces the rule may already have made are frozen too, so a refused node is
     never edited.

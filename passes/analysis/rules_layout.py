@@ -13,7 +13,9 @@ is simulated as 1): the output's channel axis is the one axis along which the in
 varies, and output feature j is a copy of input channel ``map[j]``. A Flatten of
 [N, C, H, W] thus maps channel c to the block of features c*H*W .. (c+1)*H*W - 1; the
 MTCNN-style Transpose(0, 3, 2, 1) + Flatten maps it to the features f with f % C = c.
-A layout that mixes the channel axis with another (channel shuffle) is frozen.
+A layout that mixes the channel axis with another (channel shuffle) is frozen. A
+one-channel input has a constant index, so its axis is located by simulating the same
+op on two channels (see :meth:`Layout._probe_axis`).
 Reshape's constant target shape is rewritten when channels go. Pooling-like ops are in rules_pooling.py.
 """
 from __future__ import annotations
@@ -30,6 +32,9 @@ from .spaces import Builder
 
 class Refusal(Exception):
     pass
+
+
+PROBE = 2  # channel count the layout simulation uses to locate a one-channel axis
 
 
 def _ints(node: gs.Node, b: Builder, index: int, attr_name: str | None = None) -> list[int] | None:
@@ -248,7 +253,8 @@ class Layout(Rule):
 
     category = "layout"
 
-    def _apply(self, node: gs.Node, b: Builder, idx: np.ndarray, fake_batch: bool) -> np.ndarray:
+    def _apply(self, node: gs.Node, b: Builder, idx: np.ndarray, fake_batch: bool,
+               target: list[int] | None = None) -> np.ndarray:
         op, dims = node.op, idx.shape
         if op == "Transpose":
             perm = node.attrs.get("perm", list(range(idx.ndim))[::-1])
@@ -257,7 +263,7 @@ class Layout(Rule):
             a = norm_axis(int(node.attrs.get("axis", 1)), idx.ndim)
             return idx.reshape(int(np.prod(dims[:a], dtype=np.int64)), int(np.prod(dims[a:], dtype=np.int64)))
         if op == "Reshape":
-            target = _ints(node, b, 1)
+            target = _ints(node, b, 1) if target is None else target
             if target is None:
                 raise Refusal("no target shape")
             if node.attrs.get("allowzero", 0) and 0 in target:
@@ -281,11 +287,57 @@ class Layout(Rule):
     def _index(self, b: Builder, x: gs.Tensor, size: int, axis: int) -> tuple[np.ndarray, bool]:
         shape = b.shape(x)
         if shape is None or any(d is None for d in shape[1:]) or (shape[0] is None and axis == 0):
-            raise Refusal("needs static input dims; give --input-shape")
+            raise Refusal(b.shape_unknown(x))
         dims = [1 if shape[0] is None else shape[0], *shape[1:]]
         dims[axis] = size
         line = np.arange(size).reshape([-1 if i == axis else 1 for i in range(len(dims))])
         return np.broadcast_to(line, dims), shape[0] is None
+
+    def _locate(self, node: gs.Node, b: Builder, x: gs.Tensor, size: int, axis: int) -> tuple[np.ndarray, int, bool]:
+        """(channel per output element, output channel axis, fake batch) of the simulated layout."""
+        idx, fake = self._index(b, x, size, axis)
+        out = self._apply(node, b, idx, fake)
+        if size > 1:
+            j = _find_axis(out)
+            if j is None:
+                raise Refusal("mixes the channel axis with another axis")
+            return out, j, fake
+        return out, self._probe_axis(node, b, x, axis, out.shape), fake
+
+    def _probe_axis(self, node: gs.Node, b: Builder, x: gs.Tensor, axis: int, shape: tuple) -> int:
+        """The output axis a one-channel input's channel axis goes to.
+
+        One channel makes the index tensor constant, so it cannot show where the axis goes.
+        Simulate the same op on ``PROBE`` channels instead: the channel axis is the one
+        axis that varies there, and the probe's output must be the real output with that
+        axis ``PROBE`` times larger (otherwise the op does not treat the channel count
+        generically, e.g. a Squeeze without axes drops a size-1 channel axis). A Reshape
+        is probed with its target as is (a -1 absorbs the channels) and with each fixed
+        dim scaled in turn (the dim the cut rewrites when channels go); a feature axis
+        that fits wins over the batch axis.
+        Every output element copies the single channel whatever axis is picked, so the
+        choice only decides which consumer rules can read the tensor.
+        """
+        idx, fake = self._index(b, x, PROBE, axis)
+        targets: list[list[int] | None] = [None]
+        if node.op == "Reshape":
+            target = _ints(node, b, 1)
+            targets += [[t * PROBE if i == k else t for i, t in enumerate(target)] for k in range(len(target))
+                        if target[k] > 0]
+        found = []
+        for target in targets:
+            try:
+                out = self._apply(node, b, idx, fake, target)
+            except (Refusal, ValueError):
+                continue
+            j = _find_axis(out)
+            if j is not None and out.shape == tuple(d * PROBE if i == j else d for i, d in enumerate(shape)):
+                found.append(j)
+        if found:
+            # A target like [-1, 1] fits a channel axis in the batch dim too; channels never go there.
+            return next((j for j in found if j != 0 or axis == 0), found[0])
+        raise Refusal("one channel left, and the layout does not show where the channel axis goes "
+                      "(it is not scaled like the channel count)")
 
     def couple(self, node: gs.Node, b: Builder) -> None:
         x = node.inputs[0]
@@ -293,14 +345,9 @@ class Layout(Rule):
         if xs is None:
             return
         try:
-            idx, fake = self._index(b, x, xs.size, xs.axis)
-            out = self._apply(node, b, idx, fake)
+            out, j, fake = self._locate(node, b, x, xs.size, xs.axis)
         except (Refusal, ValueError) as exc:
             refuse(node, b, str(exc), [x])
-            return
-        j = _find_axis(out)
-        if j is None:
-            refuse(node, b, "mixes the channel axis with another axis", [x])
             return
         mapping = out[tuple(slice(None) if i == j else 0 for i in range(out.ndim))]
         ys = b.new_space(node.outputs[0], j, mapping.size, out.ndim)

@@ -12,7 +12,9 @@ Each of its channels is an *atom*, an integer id ``base + channel``. Rules (see
   channel broadcast), so the input is needed while the output is;
 - ``sink``: a weighted linear op (Conv, Gemm, MatMul) reads input channels through
   a dependency matrix ``dep[out, in]`` (non-zero weights), and produces new channels;
-- ``freeze``: atoms that must never be removed, with a :class:`Frozen` reason.
+- ``freeze``: atoms that must never be removed, with a :class:`Frozen` reason;
+  ``needed=True`` also says the freezing node reads them in a way no rule models, so
+  they are needed whenever one of that node's outputs is (a graph output's are always).
 
 Every tracked input a rule does not declare (by ``flow``, ``read``, ``sink`` or
 ``declare``) is frozen and needed by the safety net in
@@ -88,8 +90,10 @@ def node_label(node: gs.Node) -> str:
 class Builder:
     """Collects spaces, couplings, sinks and freezes while rules visit the graph in order."""
 
-    def __init__(self, shapes: dict[str, tuple], opset: int, graph_outputs: set[str] = frozenset()):
+    def __init__(self, shapes: dict[str, tuple], opset: int, graph_outputs: set[str] = frozenset(),
+                 unknown: dict[str, str] | None = None):
         self.shapes = shapes
+        self.unknown = unknown or {}   # tensor name -> why its shape is not fully known
         self.graph_outputs = set(graph_outputs)
         self.opset = opset
         self.spaces: dict[str, Space] = {}
@@ -98,7 +102,9 @@ class Builder:
         self.flows: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}  # id(node) -> (src, dst)
         self.sinks: dict[int, Sink] = {}
         self.frozen_events: list[tuple[Frozen, np.ndarray]] = []
-        self.needed_always: list[np.ndarray] = []
+        self.needed_always: list[np.ndarray] = []                 # graph outputs
+        self.needed_if_live: dict[int, list[np.ndarray]] = {}     # id(node) -> atoms it reads unmodelled
+        self.reads: dict[int, list[str]] = {}                     # id(node) -> tensor names it reads
         self.producers: list[tuple[str, str, np.ndarray, np.ndarray]] = []  # node, op, atoms, indices
         self.consumers: list[tuple[str, str, np.ndarray, np.ndarray]] = []
         self.data: dict[int, Any] = {}
@@ -114,6 +120,10 @@ class Builder:
         if shp is None and tensor.shape is not None:
             shp = tuple(tensor.shape)
         return shp
+
+    def shape_unknown(self, tensor: gs.Tensor) -> str:
+        """Why ``tensor``'s shape is not fully known (for a freeze reason)."""
+        return self.unknown.get(tensor.name, "needs static input dims; give --input-shape")
 
     def shape(self, tensor: gs.Tensor) -> tuple | None:
         """Dims as ints or None (unknown / symbolic)."""
@@ -194,7 +204,11 @@ class Builder:
         ids = np.concatenate([np.asarray(a, np.int64) for a in arrs]) if arrs else np.zeros(0, np.int64)
         self.frozen_events.append((Frozen(where, reason), ids))
         if needed:
-            self.needed_always.append(ids)
+            # A node's unmodelled reads matter only while one of its outputs does (see facts).
+            if isinstance(node, gs.Node):
+                self.needed_if_live.setdefault(id(node), []).append(ids)
+            else:
+                self.needed_always.append(ids)
 
     def freeze_tensors(self, node: gs.Node | str, reason: str, tensors: Iterable[gs.Tensor],
                        needed: bool = True) -> None:
