@@ -1,0 +1,121 @@
+"""Compression methods: each decides *what* to zero; the cut (:mod:`passes.pipeline`) removes it.
+
+``METHODS[name](model, data=None, config=None, **options) -> MethodResult``
+
+- ``model``: the input ``onnx.ModelProto`` (a private copy; a method may edit it).
+- ``data``: None, a path, a dict of arrays keyed by input name, or
+  :class:`smof_onnx.data.CalibrationData` (validated against the model before any training).
+- ``config``: a :class:`CompressConfig`; or leave it out and pass the options as keywords
+  (``target_flops=0.5, seed=0, input_shapes=..., epochs=...``), which is how
+  :func:`smof_onnx.api.compress` calls a method. An unknown option is a :class:`UsageError`.
+
+Registered: ``smof`` (learned kernel + channel gates, :mod:`.smof`), ``l2`` (data-free filter
+L2 norm and kernel-border energy, :mod:`.l2`), ``qr`` (CHaPR pivoted QR, :mod:`.qr`). Methods
+are imported when first called, so importing this package never imports torch (``l2`` and
+``qr`` run without it).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any, Callable, Mapping, Sequence
+
+import onnx
+
+from ..errors import UsageError
+
+__all__ = ["METHODS", "MethodResult", "CompressConfig", "config_from_options"]
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodResult:
+    """What a method returns: the zeroed model (the cut removes the zeros) and what it decided.
+
+    ``settings``: the method's effective options (JSON-ready). ``choices``: one row per layer,
+    ``{"name", "op", "kernel_before", "kernel_after", "out_before", "out_after"}``.
+    ``quality``: accuracy or agreement on held-out data, None without data.
+    """
+
+    model: onnx.ModelProto
+    settings: dict
+    choices: list[dict]
+    quality: dict | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressConfig:
+    """Every option of ``smof-onnx compress``; None means "the method's default".
+
+    ``epochs`` / ``finetune_epochs``: passes over the training split for the gate search and
+    for the fine-tune with masks fixed (default: as many as make about 300 optimiser steps
+    each, so small calibration sets still train and large ones stay fast).
+    ``channel_multiple``: kept channel counts of every slot family are multiples of this
+    (or the full count). ``target_latency`` / ``bench_batch``: the latency-aware budget.
+    """
+
+    target_flops: float = 0.5
+    target_latency: float | None = None
+    epochs: int | None = None
+    finetune_epochs: int | None = None
+    lr: float | None = None
+    batch_size: int = 64
+    seed: int = 0
+    val_split: float = 0.1
+    kernel: bool = True
+    channel: bool = True
+    channel_multiple: int = 8
+    bench_batch: int = 32
+    input_shapes: Mapping[str, Sequence[int]] | None = None
+    progress_bars: bool = True
+
+    def __post_init__(self):
+        if not 0 < self.target_flops <= 1:
+            raise UsageError(f"--target-flops {self.target_flops}: must be in (0, 1]")
+        if self.target_latency is not None and not 0 < self.target_latency <= 1:
+            raise UsageError(f"--target-latency {self.target_latency}: must be in (0, 1]")
+        for name in ("epochs", "finetune_epochs"):
+            v = getattr(self, name)
+            if v is not None and v < 0:
+                raise UsageError(f"--{name.replace('_', '-')} {v}: must be >= 0")
+        if self.batch_size < 1 or self.channel_multiple < 1 or self.bench_batch < 1:
+            raise UsageError("--batch-size, --channel-multiple and --bench-batch must be >= 1")
+        if not 0 <= self.val_split < 1:
+            raise UsageError(f"--val-split {self.val_split}: must be in [0, 1)")
+        if self.lr is not None and self.lr <= 0:
+            raise UsageError(f"--lr {self.lr}: must be > 0")
+        if not (self.kernel or self.channel):
+            raise UsageError("--no-kernel together with --no-channel leaves nothing to compress")
+
+    def settings(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["input_shapes"] = {k: list(v) for k, v in (self.input_shapes or {}).items()} or None
+        d.pop("progress_bars")
+        return d
+
+
+_FIELDS = {f.name for f in dataclasses.fields(CompressConfig)}
+
+
+def config_from_options(config: CompressConfig | None = None, **options: Any) -> CompressConfig:
+    """``config`` updated with the options that are not None; unknown names are a UsageError."""
+    unknown = sorted(set(options) - _FIELDS)
+    if unknown:
+        raise UsageError(f"unknown method option(s) {unknown}; known: {sorted(_FIELDS)}")
+    given = {k: v for k, v in options.items() if v is not None}
+    if "input_shapes" in given and given["input_shapes"] is not None:
+        given["input_shapes"] = {k: tuple(int(d) for d in v) for k, v in dict(given["input_shapes"]).items()}
+    return dataclasses.replace(config or CompressConfig(), **given)
+
+
+def _lazy(module: str) -> Callable[..., MethodResult]:
+    def run(model: onnx.ModelProto, data: Any = None, config: CompressConfig | None = None,
+            **options: Any) -> MethodResult:
+        cfg = config_from_options(config, **options)
+        return importlib.import_module(f"{__name__}.{module}").run(model, data, cfg)
+
+    run.__name__ = f"{module}_run"
+    run.__doc__ = f"Run :mod:`smof_onnx.methods.{module}` (imported on first use)."
+    return run
+
+
+METHODS: dict[str, Callable[..., MethodResult]] = {name: _lazy(name) for name in ("smof", "l2", "qr")}

@@ -1,0 +1,321 @@
+"""Calibration data: ``.npz`` / ``.npy`` / a folder of images, checked against the model's inputs.
+
+``load_data(path, model, input_shapes=None, **image_options) -> CalibrationData``
+
+Formats (design 5):
+- ``.npz``: one array per model input, keyed by the input's name, or a single array for a
+  single-input model (any key); an optional integer array ``labels`` [N].
+- ``.npy``: one array, for a single-input model.
+- a directory of images (png, jpg, jpeg, bmp, gif, tif, tiff, webp), read with Pillow when it is
+  installed, sorted by path. Options: ``image_size`` (H, W; default the model's static spatial
+  dims), ``mean`` / ``std`` (per channel, applied to pixels scaled to [0, 1]; default 0 / 1),
+  ``channel_order`` ("RGB" or "BGR"; one-channel models read grayscale), ``layout`` ("NCHW" or
+  "NHWC"; default NCHW unless only the last axis looks like channels), ``labels_from_folders``
+  (class sub-folders, sorted by name, give labels 0..K-1).
+
+Every array is checked before any training starts, and a mismatch raises :class:`DataError`
+naming the file, the input and the expected vs found shape or dtype:
+- every model input has an array (names listed when one is missing);
+- the rank equals the input's rank; axis 0 is the sample axis (any count); every other axis
+  equals the input's static dim, or the dim given in ``input_shapes``;
+- the dtype converts to the input's dtype without changing kind (ints -> floats is fine,
+  floats -> ints is not), values are finite, all arrays hold the same number of samples;
+- ``labels`` is integer-valued, 1-D, with one label per sample.
+Arrays are converted to the input dtypes (C-contiguous) once, here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from .errors import DataError
+
+__all__ = ["CalibrationData", "DataError", "load_data", "as_calibration", "model_inputs", "IMAGE_EXTENSIONS"]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    name: str
+    dtype: np.dtype
+    dims: tuple[int | None, ...]  # None where symbolic
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibrationData:
+    """Validated arrays keyed by model input name (axis 0 = samples) and optional labels."""
+
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray | None = None
+    source: str = "<arrays>"
+
+    def __len__(self) -> int:
+        return len(next(iter(self.inputs.values())))
+
+    def subset(self, index: np.ndarray) -> "CalibrationData":
+        return CalibrationData({k: v[index] for k, v in self.inputs.items()},
+                               None if self.labels is None else self.labels[index], self.source)
+
+    def split(self, val_fraction: float, seed: int = 0) -> tuple["CalibrationData", "CalibrationData | None"]:
+        """(train, val): a seeded random ``val_fraction`` of the samples held out (None when 0).
+
+        At least one sample stays on each side; a set of one sample cannot be split.
+        """
+        if not 0 <= val_fraction < 1:
+            raise DataError(f"{self.source}: the validation fraction must be in [0, 1), got {val_fraction}")
+        n = len(self)
+        n_val = int(round(n * val_fraction))
+        if val_fraction > 0:
+            n_val = min(max(n_val, 1), n - 1)
+        if n_val <= 0:
+            return self, None
+        perm = np.random.default_rng(seed).permutation(n)
+        return self.subset(np.sort(perm[n_val:])), self.subset(np.sort(perm[:n_val]))
+
+    def batches(self, batch_size: int, shuffle: bool = False,
+                seed: int = 0) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
+        """(inputs, labels) per batch; the last one may be smaller. Shuffling is seeded."""
+        if batch_size < 1:
+            raise DataError(f"batch size must be >= 1, got {batch_size}")
+        n = len(self)
+        order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+        for i in range(0, n, batch_size):
+            idx = order[i:i + batch_size]
+            yield ({k: v[idx] for k, v in self.inputs.items()},
+                   None if self.labels is None else self.labels[idx])
+
+
+def model_inputs(model: onnx.ModelProto) -> list[InputSpec]:
+    inits = {i.name for i in model.graph.initializer}
+    specs = []
+    for inp in model.graph.input:
+        if inp.name in inits:
+            continue
+        tt = inp.type.tensor_type
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)) if tt.elem_type else np.dtype(np.float32)
+        dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim)
+        specs.append(InputSpec(inp.name, dtype, dims))
+    return specs
+
+
+def load_data(path: str | os.PathLike, model: onnx.ModelProto,
+              input_shapes: Mapping[str, Sequence[int]] | None = None, *,
+              image_size: Sequence[int] | None = None, mean: Sequence[float] | float | None = None,
+              std: Sequence[float] | float | None = None, channel_order: str = "RGB", layout: str | None = None,
+              labels_from_folders: bool = False) -> CalibrationData:
+    """Read ``path`` (see the module docstring) and validate it against ``model``'s inputs."""
+    path = Path(path)
+    specs = model_inputs(model)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or directory")
+    if path.is_dir():
+        arrays, labels = _read_images(path, specs, input_shapes, image_size, mean, std, channel_order, layout,
+                                      labels_from_folders)
+    elif path.suffix.lower() == ".npz":
+        arrays, labels = _read_npz(path, specs)
+    elif path.suffix.lower() == ".npy":
+        arrays, labels = _read_npy(path, specs), None
+    else:
+        raise DataError(f"{path}: unknown data format '{path.suffix}'; give a .npz, a .npy or a folder of images")
+    return validate(arrays, labels, specs, input_shapes, str(path))
+
+
+def as_calibration(data, model: onnx.ModelProto,
+                   input_shapes: Mapping[str, Sequence[int]] | None = None) -> CalibrationData | None:
+    """None, a path, a dict of arrays, a single array or CalibrationData -> validated CalibrationData."""
+    if data is None:
+        return None
+    if isinstance(data, CalibrationData):
+        return validate(dict(data.inputs), data.labels, model_inputs(model), input_shapes, data.source)
+    if isinstance(data, (str, os.PathLike)):
+        return load_data(data, model, input_shapes)
+    specs = model_inputs(model)
+    if isinstance(data, np.ndarray):
+        if len(specs) != 1:
+            raise DataError(f"a single array needs a single-input model; the inputs are {[s.name for s in specs]}")
+        return validate({specs[0].name: data}, None, specs, input_shapes, "<array>")
+    if isinstance(data, Mapping):
+        arrays = {k: v for k, v in data.items() if k != "labels"}
+        return validate(arrays, data.get("labels"), specs, input_shapes, "<arrays>")
+    if hasattr(data, "inputs"):
+        return validate(dict(data.inputs), getattr(data, "labels", None), specs, input_shapes, "<arrays>")
+    raise DataError(f"calibration data must be a path, a dict of arrays or CalibrationData, "
+                    f"not {type(data).__name__}")
+
+
+# ------------------------------------------------------------------------ readers
+
+def _read_npz(path: Path, specs: list[InputSpec]) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except ValueError as exc:
+        raise DataError(f"{path}: cannot read the arrays ({exc}); object/pickled arrays are not accepted") from exc
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path}: not a readable .npz file ({exc})") from exc
+    labels = arrays.pop("labels", None)
+    names = [s.name for s in specs]
+    if not arrays:
+        raise DataError(f"{path}: holds no input arrays (only {['labels'] if labels is not None else []})")
+    matched = {k: v for k, v in arrays.items() if k in names}
+    if len(matched) == len(names):
+        return matched, labels
+    if len(arrays) == 1 and len(names) == 1:
+        return {names[0]: next(iter(arrays.values()))}, labels
+    missing = [n for n in names if n not in arrays]
+    raise DataError(f"{path}: no array for model input(s) {missing}; the file holds {sorted(arrays)}. "
+                    f"Key the arrays by the model's input names {names}")
+
+
+def _read_npy(path: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise DataError(f"{path}: cannot read the array ({exc}); object/pickled arrays are not accepted") from exc
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path}: not a readable .npy file ({exc})") from exc
+    if len(specs) != 1:
+        raise DataError(f"{path}: a .npy holds one array, but the model has inputs {[s.name for s in specs]}; "
+                        "use a .npz keyed by input name")
+    return {specs[0].name: array}
+
+
+def _read_images(path: Path, specs: list[InputSpec], input_shapes, image_size, mean, std, channel_order: str,
+                 layout: str | None, labels_from_folders: bool) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    try:
+        from PIL import Image
+    except ImportError:
+        raise DataError(f"{path}: reading a folder of images needs Pillow, which is not installed "
+                        "(`pip install pillow`), or convert the images to a .npz") from None
+    if len(specs) != 1:
+        raise DataError(f"{path}: a folder of images feeds one input, but the model has {[s.name for s in specs]}")
+    spec = specs[0]
+    dims = list(input_shapes[spec.name]) if input_shapes and spec.name in input_shapes else list(spec.dims)
+    if len(dims) != 4:
+        raise DataError(f"{path}: images need a rank-4 input, but '{spec.name}' has shape {_fmt(dims)}")
+    layout = (layout or ("NHWC" if dims[3] in (1, 3) and dims[1] not in (1, 3) else "NCHW")).upper()
+    if layout not in ("NCHW", "NHWC"):
+        raise DataError(f"layout must be NCHW or NHWC, not {layout}")
+    channels, hw = (dims[1], dims[2:4]) if layout == "NCHW" else (dims[3], dims[1:3])
+    if channels not in (1, 3):
+        raise DataError(f"{path}: images give 1 or 3 channels, but input '{spec.name}' wants {channels} "
+                        f"(shape {_fmt(dims)}, layout {layout})")
+    size = list(image_size) if image_size is not None else hw
+    if len(size) != 2 or any(s is None for s in size):
+        raise DataError(f"{path}: input '{spec.name}' has symbolic spatial dims {_fmt(dims)}; give image_size=(H, W)")
+    if channel_order.upper() not in ("RGB", "BGR"):
+        raise DataError(f"channel_order must be RGB or BGR, not {channel_order}")
+
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise DataError(f"{path}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
+    labels = None
+    if labels_from_folders:
+        classes = sorted({p.relative_to(path).parts[0] for p in files if len(p.relative_to(path).parts) == 2})
+        stray = [p for p in files if len(p.relative_to(path).parts) != 2]
+        if not classes or stray:
+            raise DataError(f"{path}: labels_from_folders needs every image one level down in a class folder "
+                            f"({stray[0] if stray else 'no class folders'} is not)")
+        labels = np.array([classes.index(p.relative_to(path).parts[0]) for p in files], np.int64)
+    out = np.empty((len(files), int(size[0]), int(size[1]), channels), np.float32)
+    for i, f in enumerate(files):
+        try:
+            with Image.open(f) as im:
+                im = im.convert("L" if channels == 1 else "RGB").resize((int(size[1]), int(size[0])),
+                                                                        Image.BILINEAR)
+                px = np.asarray(im, dtype=np.float32).reshape(int(size[0]), int(size[1]), channels)
+        except OSError as exc:
+            raise DataError(f"{f}: not a readable image ({exc})") from exc
+        out[i] = px[..., ::-1] if channels == 3 and channel_order.upper() == "BGR" else px
+    out /= 255.0
+    out = (out - _per_channel(mean, 0.0, channels, "mean")) / _per_channel(std, 1.0, channels, "std")
+    if layout == "NCHW":
+        out = out.transpose(0, 3, 1, 2)
+    return {spec.name: np.ascontiguousarray(out)}, labels
+
+
+def _per_channel(value, default: float, channels: int, what: str) -> np.ndarray:
+    v = np.asarray(default if value is None else value, np.float32).reshape(-1)
+    if v.size not in (1, channels):
+        raise DataError(f"{what} has {v.size} values; give 1 or one per channel ({channels})")
+    if what == "std" and np.any(v == 0):
+        raise DataError("std must be non-zero")
+    return v
+
+
+# ------------------------------------------------------------------------ validation
+
+def _fmt(dims) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+
+
+def validate(arrays: Mapping[str, np.ndarray], labels, specs: list[InputSpec],
+             input_shapes: Mapping[str, Sequence[int]] | None, source: str) -> CalibrationData:
+    """Check ``arrays`` / ``labels`` against the model inputs (rules in the module docstring)."""
+    names = [s.name for s in specs]
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise DataError(f"{source}: no data for model input(s) {missing}; found {sorted(arrays)}, "
+                        f"the model's inputs are {names}")
+    out: dict[str, np.ndarray] = {}
+    count = None
+    for spec in specs:
+        a = np.asarray(arrays[spec.name])
+        dims = list(spec.dims)
+        if input_shapes and spec.name in input_shapes:
+            given = [int(d) for d in input_shapes[spec.name]]
+            if len(given) == len(dims):
+                dims = [None] + given[1:]
+        expected = _fmt(["N"] + dims[1:]) if dims else "[]"
+        if a.ndim != len(dims):
+            raise DataError(f"{source}: input '{spec.name}' expects rank {len(dims)} {expected}, found an array "
+                            f"of shape {list(a.shape)} (rank {a.ndim})")
+        bad = [i for i, d in enumerate(dims) if i > 0 and d is not None and a.shape[i] != d]
+        if bad:
+            raise DataError(f"{source}: input '{spec.name}' expects shape {expected}, found {list(a.shape)} "
+                            f"(axis {bad[0]}: expected {dims[bad[0]]}, found {a.shape[bad[0]]})")
+        if a.ndim == 0 or a.shape[0] == 0:
+            raise DataError(f"{source}: input '{spec.name}' has no samples (shape {list(a.shape)})")
+        if not _convertible(a.dtype, spec.dtype):
+            raise DataError(f"{source}: input '{spec.name}' expects dtype {spec.dtype.name}, found {a.dtype.name}, "
+                            "which does not convert without changing kind")
+        if a.dtype.kind in "fc" and not np.all(np.isfinite(a)):
+            raise DataError(f"{source}: input '{spec.name}' contains NaN or infinite values")
+        if count is not None and a.shape[0] != count:
+            raise DataError(f"{source}: input '{spec.name}' has {a.shape[0]} samples, input '{specs[0].name}' "
+                            f"has {count}")
+        count = a.shape[0]
+        out[spec.name] = np.ascontiguousarray(a.astype(spec.dtype, copy=False))
+    if labels is not None:
+        labels = _check_labels(np.asarray(labels), count, source)
+    return CalibrationData(out, labels, source)
+
+
+def _convertible(found: np.dtype, want: np.dtype) -> bool:
+    if found.kind in "OSUV":
+        return False
+    if want.kind == "f":
+        return found.kind in "fiub"
+    return bool(np.can_cast(found, want, casting="same_kind"))
+
+
+def _check_labels(labels: np.ndarray, count: int | None, source: str) -> np.ndarray:
+    if labels.ndim != 1:
+        raise DataError(f"{source}: 'labels' must be 1-D (one class index per sample), found shape "
+                        f"{list(labels.shape)}")
+    if labels.dtype.kind == "f":
+        if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
+            raise DataError(f"{source}: 'labels' must be integer class indices, found non-integer floats")
+    elif labels.dtype.kind not in "iub":
+        raise DataError(f"{source}: 'labels' must be integer class indices, found dtype {labels.dtype.name}")
+    if count is not None and len(labels) != count:
+        raise DataError(f"{source}: 'labels' has {len(labels)} entries but the inputs have {count} samples")
+    if labels.size and labels.min() < 0:
+        raise DataError(f"{source}: 'labels' holds negative class indices")
+    return labels.astype(np.int64)

@@ -1,0 +1,127 @@
+"""``--method l2``: the data-free baseline (filter L2 norm + kernel-border energy). No torch.
+
+Scores (higher = keep), comparable across layers because both are "share of the layer's
+weight energy removed / share of the layer's FLOPs removed":
+- channel slot: the mean over its producers of ``||W_c||^2 / mean_c' ||W_c'||^2`` (filter +
+  bias, or BN scale^2 + shift^2): 1 for an average filter of its layer;
+- ring level j of axis a of a Conv with kernel k_a: the energy of the slices levels 1..j
+  remove (an inner ring drops the outer ones with it) over the kernel's energy, divided by
+  ``2 j / k_a``, the fraction of the layer's FLOPs they carry: 1 for a uniform kernel, less
+  for the usual trained kernel whose centre holds most of the energy.
+The gates are then chosen by :func:`smof_onnx.learn.select.select` (trim / restore by score,
+the real cut counted) so the cut model meets ``target_flops``. With data (and torch
+installed), the weights are fine-tuned with the masks fixed and the quality is measured on
+the held-out split; without data the zeroed weights are returned as they are.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..data import as_calibration
+from ..errors import UsageError
+from ..learn.gates import GateSpace
+from ..learn.select import prepare, select
+from . import CompressConfig, MethodResult
+
+
+def scores(model: onnx.ModelProto, space: GateSpace) -> np.ndarray:
+    """Per-gate keep score (see the module docstring)."""
+    inits = {i.name: numpy_helper.to_array(i).astype(np.float64) for i in model.graph.initializer}
+    nodes = {n.name: n for n in model.graph.node}
+    s = np.ones(space.size)
+    for (weight, a), idx in space.axes.items():
+        w2 = inits[weight] ** 2
+        total = w2.sum() or 1.0
+        k = w2.shape[2 + a]
+        along = w2.sum(axis=tuple(d for d in range(w2.ndim) if d != 2 + a))
+        for i in idx:
+            j = space.kernel[i].level
+            removed = along[:j].sum() + along[k - j:].sum()
+            s[i] = (removed / total) / (2 * j / k)
+    energy: dict[str, np.ndarray] = {}
+    for gate in space.channel:
+        vals = []
+        for node_name, op, c in gate.producers:
+            if node_name not in energy:
+                energy[node_name] = _filter_energy(nodes[node_name], op, inits)
+            e = energy[node_name]
+            vals.append(e[c] / (e.mean() or 1.0))
+        s[gate.index] = float(np.mean(vals))
+    return s
+
+
+def _filter_energy(node: onnx.NodeProto, op: str, inits: dict[str, np.ndarray]) -> np.ndarray:
+    """Energy per output channel of a zeroable producer."""
+    ins = list(node.input)
+    bias = inits[ins[2]] ** 2 if len(ins) > 2 and ins[2] in inits else None
+    if op == "Conv":
+        e = (inits[ins[1]] ** 2).reshape(inits[ins[1]].shape[0], -1).sum(1)
+    elif op == "ConvTranspose":
+        w = inits[ins[1]]
+        group = next((a.i for a in node.attribute if a.name == "group"), 1) or 1
+        per_in = w.shape[0] // group
+        e = np.concatenate([(w[g * per_in:(g + 1) * per_in] ** 2).sum(axis=tuple(d for d in range(w.ndim) if d != 1))
+                            for g in range(group)])
+    elif op == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        w = inits[ins[1]] ** 2
+        e = w.sum(1) if trans_b else w.sum(0)
+        bias = bias.reshape(-1, e.size)[-1] if bias is not None and bias.size >= e.size else None
+    elif op == "MatMul":
+        w = inits[ins[1]] ** 2
+        e = w.reshape(-1, w.shape[-1]).sum(0)
+    else:  # BatchNormalization / InstanceNormalization: the per-channel affine
+        e = inits[ins[1]] ** 2
+    return e + (bias.reshape(-1)[:e.size] if bias is not None and bias.size == e.size else 0)
+
+
+def run(model: onnx.ModelProto, data, config: CompressConfig) -> MethodResult:
+    if config.target_latency is not None:
+        raise UsageError("--target-latency is not supported by --method l2; use --target-flops")
+    calib = as_calibration(data, model, config.input_shapes)  # validated before anything else
+    start = time.perf_counter()
+    problem = prepare(model, config.input_shapes, kernel=config.kernel, channel=config.channel,
+                      multiple=config.channel_multiple)
+    s = scores(problem.model, problem.space)
+    h, ratios = select(problem, s, config.target_flops, threshold=-np.inf)
+    zeroed = problem.space.apply(problem.model, h)
+    quality = None
+    settings = {**config.settings(), "gates": {"kernel": len(problem.space.kernel),
+                                               "channel": len(problem.space.channel)},
+                "flops_ratio_estimated": ratios["estimated"], "flops_ratio_cut": ratios["cut"], "finetuned": False}
+    if calib is not None:
+        zeroed, quality, extra = _finetune(problem, calib, h, config)
+        settings.update(extra)
+    settings["seconds"] = round(time.perf_counter() - start, 2)
+    return MethodResult(zeroed, settings, problem.space.choices(problem.model, h), quality)
+
+
+def _finetune(problem, calib, h: np.ndarray, config: CompressConfig):
+    try:
+        import torch
+    except ImportError:
+        raise UsageError("fine-tuning --method l2 with --data needs PyTorch; leave out --data for the "
+                         "data-free result") from None
+    from ..learn import train
+    from ..learn.executor import OnnxModule
+
+    calib = as_calibration(calib, problem.model, config.input_shapes)
+    train_set, val_set = calib.split(config.val_split, config.seed)
+    settings = train.make_settings(config, len(train_set))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        teacher_module = OnnxModule(problem.model).eval()
+        teacher = train.teacher_outputs(teacher_module, train_set, settings.batch_size)
+        student = OnnxModule(problem.model).eval()
+        train.finetune(problem, student, train_set, teacher, h, settings, teacher_module)
+        zeroed = problem.space.apply(student.state_to_onnx(problem.model), h)
+        quality = None
+        if val_set is not None:
+            before = train.predict(teacher_module, val_set, settings.batch_size)
+            after = train.predict(OnnxModule(zeroed).eval(), val_set, settings.batch_size)
+            quality = train.evaluate(before, after, val_set.labels, "val")
+    return zeroed, quality, {"finetuned": True, "finetune_epochs": settings.finetune_epochs, "lr": settings.lr}

@@ -1,0 +1,77 @@
+"""``--method smof``: learned kernel-size + channel pruning (SMOF, design 4).
+
+1. :func:`smof_onnx.learn.select.prepare`: canonical form, channel analysis, gates, budget.
+2. The calibration data is validated against the model (before any training) and split
+   (``val_split`` held out, seeded).
+3. :func:`smof_onnx.learn.train.search` learns per-gate scores (importance / cost) while the
+   weights train under a decreasing FLOPs budget, with distillation from the original model.
+4. :func:`smof_onnx.learn.select.select`: binarize, trim / restore by score until the *cut*
+   model's counted FLOPs meet the target.
+5. :func:`smof_onnx.learn.train.finetune` with the masks fixed, then the zeroed canonical graph
+   (:meth:`GateSpace.apply` on :meth:`OnnxModule.state_to_onnx`) is returned with the settings,
+   the per-layer choices and the quality on the held-out split.
+Needs torch and data; ``--method l2`` is the data-free, torch-free baseline.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import onnx
+
+from ..data import as_calibration
+from ..errors import DataError, UsageError
+from . import CompressConfig, MethodResult
+
+
+def run(model: onnx.ModelProto, data, config: CompressConfig) -> MethodResult:
+    if data is None:
+        raise DataError("--method smof learns from data: give --data (a .npz, .npy or image folder), "
+                        "or use --method l2 (data-free)")
+    if config.target_latency is not None:
+        raise UsageError("--target-latency is not supported by --method smof yet; use --target-flops")
+    calib = as_calibration(data, model, config.input_shapes)  # validated before anything trains
+    try:
+        import torch
+    except ImportError:
+        raise UsageError("--method smof needs PyTorch (pip install 'smof-onnx[torch]'); "
+                         "--method l2 runs without it") from None
+    from ..learn import train
+    from ..learn.executor import OnnxModule
+    from ..learn.select import prepare, select
+
+    start = time.perf_counter()
+    problem = prepare(model, config.input_shapes, kernel=config.kernel, channel=config.channel,
+                      multiple=config.channel_multiple)
+    if problem.space.size == 0:
+        raise UsageError("nothing to learn: the model has no gateable kernel border or channel "
+                         "(see `smof-onnx inspect` for what is frozen and why)")
+    select(problem, np.zeros(problem.space.size), config.target_flops, check=False)  # reachable? (else a clear error)
+    calib = as_calibration(calib, problem.model, config.input_shapes)
+    train_set, val_set = calib.split(config.val_split, config.seed)
+    settings = train.make_settings(config, len(train_set))
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        teacher_module = OnnxModule(problem.model).eval()
+        teacher = train.teacher_outputs(teacher_module, train_set, settings.batch_size)
+        student = OnnxModule(problem.model).eval()
+        scores = train.search(problem, student, train_set, teacher, config.target_flops, settings, teacher_module)
+        h, ratios = select(problem, scores, config.target_flops)
+        train.finetune(problem, student, train_set, teacher, h, settings, teacher_module)
+        trained = student.state_to_onnx(problem.model)
+        zeroed = problem.space.apply(trained, h)
+        quality = None
+        if val_set is not None:
+            final = OnnxModule(zeroed).eval()
+            before = train.predict(teacher_module, val_set, settings.batch_size)
+            after = train.predict(final, val_set, settings.batch_size)
+            quality = train.evaluate(before, after, val_set.labels, "val")
+
+    settings_out = {**config.settings(), "search_epochs": settings.search_epochs,
+                    "finetune_epochs": settings.finetune_epochs, "lr": settings.lr,
+                    "train_samples": len(train_set), "val_samples": 0 if val_set is None else len(val_set),
+                    "gates": {"kernel": len(problem.space.kernel), "channel": len(problem.space.channel)},
+                    "flops_ratio_estimated": ratios["estimated"], "flops_ratio_cut": ratios["cut"],
+                    "seconds": round(time.perf_counter() - start, 2)}
+    return MethodResult(zeroed, settings_out, problem.space.choices(problem.model, h), quality)

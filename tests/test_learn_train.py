@@ -1,0 +1,88 @@
+"""The learning stage's pieces: losses, teacher outputs, fine-tune with masks fixed, quality."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from smof_onnx.data import as_calibration  # noqa: E402
+from smof_onnx.learn import train  # noqa: E402
+from smof_onnx.learn.executor import OnnxModule  # noqa: E402
+from smof_onnx.learn.select import prepare  # noqa: E402
+from smof_onnx.methods import CompressConfig  # noqa: E402
+from tests.test_learn_gates import tiny_cnn  # noqa: E402
+
+
+def test_distillation_is_zero_for_the_teacher_itself_and_positive_otherwise():
+    t = (torch.randn(6, 5), torch.randn(6, 2, 4, 4))
+    kinds = train.output_kinds(t)
+    assert kinds == ["logits", "dense"]
+    assert float(train.distill_loss(t, t, kinds)) == pytest.approx(0.0, abs=1e-7)
+    s = (t[0] + torch.randn(6, 5), t[1] * 0.5)
+    loss = train.distill_loss(s, t, kinds)
+    assert float(loss) > 0.25  # the normalised MSE of a halved output alone is 0.25
+    labels = torch.tensor([0, 1, 2, 3, 4, 0])
+    assert float(train.task_loss(s, t, kinds, labels)) > float(loss)
+
+
+def test_make_settings_aims_at_a_fixed_number_of_steps():
+    cfg = CompressConfig(batch_size=64)
+    assert train.make_settings(cfg, 512).search_epochs == 38      # 8 steps per epoch
+    assert train.make_settings(cfg, 4096).search_epochs == 5      # 64 steps per epoch
+    fixed = train.make_settings(CompressConfig(epochs=2, finetune_epochs=0, lr=0.01), 512)
+    assert (fixed.search_epochs, fixed.finetune_epochs, fixed.lr) == (2, 0, 0.01)
+
+
+def _problem_and_data(n=48):
+    p = prepare(tiny_cnn(), None, multiple=1)
+    rng = np.random.default_rng(0)
+    data = as_calibration({"x": rng.standard_normal((n, 3, 8, 8)).astype(np.float32)}, p.model)
+    return p, data
+
+
+def test_finetune_keeps_dropped_gates_dropped_and_reduces_the_loss():
+    p, data = _problem_and_data()
+    settings = train.TrainSettings(search_epochs=0, finetune_epochs=6, lr=3e-3, batch_size=16, seed=0, progress=False)
+    teacher = train.teacher_outputs(OnnxModule(p.model), data, 16)
+    h = np.ones(p.space.size)
+    h[list(p.space.families[1].gates[:8])] = 0
+    h[[g.index for g in p.space.kernel if g.node == "conv2"]] = 0
+    student = OnnxModule(p.model)
+
+    def loss_of(model):
+        out = train.predict(OnnxModule(model), data, 16)
+        return float(train.distill_loss(out, teacher, ["logits"]))
+
+    before = loss_of(p.space.apply(p.model, h))
+    train.finetune(p, student, data, teacher, h, settings)
+    zeroed = p.space.apply(student.state_to_onnx(p.model), h)
+    after = loss_of(zeroed)
+    assert after < before
+    # zeroing after training is what the masks computed: the dropped filters are zero
+    w3 = next(i for i in zeroed.graph.initializer if i.name == "w3")
+    from onnx import numpy_helper
+    dropped = [p.space.channel[g - len(p.space.kernel)].producers[0][2] for g in p.space.families[1].gates[:8]]
+    assert not numpy_helper.to_array(w3)[dropped].any()
+
+
+def test_search_scores_rank_every_gate_and_are_seeded():
+    p, data = _problem_and_data()
+    settings = train.TrainSettings(search_epochs=2, finetune_epochs=0, lr=1e-3, batch_size=16, seed=0, progress=False)
+    teacher = train.teacher_outputs(OnnxModule(p.model), data, 16)
+    a = train.search(p, OnnxModule(p.model), data, teacher, 0.5, settings)
+    b = train.search(p, OnnxModule(p.model), data, teacher, 0.5, settings)
+    assert a.shape == (p.space.size,) and np.isfinite(a).all() and np.ptp(a) > 0
+    np.testing.assert_array_equal(a, b)
+
+
+def test_evaluate_reports_accuracy_with_labels_and_agreement_without():
+    before = [torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0], [0.0, 1.0]])]
+    after = [torch.tensor([[2.0, 0.0], [2.0, 0.0], [2.0, 0.0], [0.0, 1.0]])]
+    q = train.evaluate(before, after, np.array([0, 1, 1, 1]), "val")
+    assert q["metric"] == "accuracy" and q["accuracy_before"] == 0.75 and q["accuracy_after"] == 0.5
+    assert q["top1_agreement"] == 0.75
+    q = train.evaluate(before, after, None, "val")
+    assert q["metric"] == "top1_agreement" and q["top1_agreement"] == 0.75
+    dense = train.evaluate([torch.ones(2, 1, 4, 4)], [torch.full((2, 1, 4, 4), 1.1)], None, "val")
+    assert dense["metric"] == "relative_error" and dense["relative_error"] == pytest.approx(0.1, rel=1e-5)

@@ -1,0 +1,90 @@
+"""--method l2: data-free, torch-free; drops the lowest-norm filters and the lowest-energy kernel
+rings until the *cut* model meets the FLOPs target (ratio <= target + 0.01)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import onnx.numpy_helper as onh
+import pytest
+
+from passes.analysis.flops import count_cost
+from smof_onnx import api
+from smof_onnx.learn.select import prepare
+from smof_onnx.methods import METHODS, l2
+from tests import cases
+from tests.test_learn_gates import tiny_cnn
+
+
+@pytest.mark.parametrize("target", [0.7, 0.5, 0.3])
+def test_meets_the_target_exactly_on_a_small_model(target):
+    model = tiny_cnn()
+    result = METHODS["l2"](model, target_flops=target, channel_multiple=1)
+    cut, report = api.cut(result.model)
+    ratio = count_cost(cut, None).flops / count_cost(model, None).flops
+    assert target - 0.05 <= ratio <= target + 0.01
+    assert result.settings["flops_ratio_cut"] == pytest.approx(ratio)
+    assert result.quality is None and result.settings["finetuned"] is False
+
+
+@pytest.mark.parametrize("name", ["resnet_basic", "mobilenet_v2"])
+def test_compress_meets_the_target_on_zoo_models(name):
+    _, report = api.compress(cases.load_zoo(name, "torchscript"), method="l2", target_flops=0.5)
+    assert 0.45 <= report["flops"]["ratio"] <= 0.51
+    assert report["verify"]["max_rel_err"] <= 1e-5
+
+
+def test_lowest_norm_filters_and_empty_rings_go_first():
+    model = tiny_cnn()
+    inits = {i.name: i for i in model.graph.initializer}
+    w3 = onh.to_array(inits["w3"]).copy()
+    w3[:4] *= 1e-3                      # four weak filters of conv3
+    w1 = onh.to_array(inits["w1"]).copy()
+    w1[:, :, :, [0, 2]] *= 1e-3         # conv1's left/right columns hold almost no energy
+    b3 = onh.to_array(inits["b3"]).copy()
+    b3[:4] *= 1e-3
+    inits["w3"].CopyFrom(onh.from_array(w3, "w3"))
+    inits["b3"].CopyFrom(onh.from_array(b3, "b3"))
+    inits["w1"].CopyFrom(onh.from_array(w1, "w1"))
+    p = prepare(model, None, multiple=1)
+    s = l2.scores(p.model, p.space)
+    col = next(g.index for g in p.space.kernel if g.node == "conv1" and g.axis == 1)
+    row = next(g.index for g in p.space.kernel if g.node == "conv1" and g.axis == 0)
+    assert s[col] < 1e-3 < s[row]
+    conv3 = [g for g in p.space.channel if g.producers[0][0] == "conv3"]
+    weak = sorted(g.index for g in conv3 if g.producers[0][2] < 4)
+    assert sorted(np.argsort(s[[g.index for g in conv3]])[:4]) == [0, 1, 2, 3]
+    assert len(weak) == 4
+    channels_only = METHODS["l2"](model, target_flops=0.8, channel_multiple=1, kernel=False)
+    w3_after = onh.to_array(next(i for i in channels_only.model.graph.initializer if i.name == "w3"))
+    assert not w3_after[:4].any()  # the weak filters are among the zeroed ones
+
+
+def test_runs_without_torch():
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from tests.test_learn_gates import tiny_cnn\n"
+            "from smof_onnx import api\n"
+            "_, rep = api.compress(tiny_cnn(), method='l2', target_flops=0.5, channel_multiple=1)\n"
+            "assert rep['flops']['ratio'] <= 0.51, rep['flops']\n"
+            "assert 'torch' not in sys.modules or sys.modules['torch'] is None\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_same_inputs_same_bytes():
+    a = METHODS["l2"](tiny_cnn(), target_flops=0.4, channel_multiple=1).model.SerializeToString()
+    b = METHODS["l2"](tiny_cnn(), target_flops=0.4, channel_multiple=1).model.SerializeToString()
+    assert a == b
+
+
+def test_with_data_it_fine_tunes_and_reports_quality():
+    pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    data = {"x": rng.standard_normal((40, 3, 8, 8)).astype(np.float32)}
+    plain = METHODS["l2"](tiny_cnn(), target_flops=0.5, channel_multiple=1)
+    tuned = METHODS["l2"](tiny_cnn(), data, target_flops=0.5, channel_multiple=1, finetune_epochs=2, batch_size=8,
+                          progress_bars=False)
+    assert tuned.settings["finetuned"] is True and tuned.quality["samples"] == 4
+    assert tuned.choices == plain.choices  # same zeros, different surviving weights
+    assert tuned.model.SerializeToString() != plain.model.SerializeToString()
