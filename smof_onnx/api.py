@@ -74,7 +74,7 @@ def _input_names(model: onnx.ModelProto) -> list[str]:
     return [i.name for i in model.graph.input if i.name not in inits]
 
 
-def _calibration(data: Any, model: onnx.ModelProto) -> Any:
+def _calibration(data: Any, model: onnx.ModelProto, shapes: dict[str, list[int]] | None = None) -> Any:
     """None, a dict of arrays, an object with ``.inputs``, or a path read by ``smof_onnx.data``."""
     if data is None or isinstance(data, Mapping) or hasattr(data, "inputs"):
         return data
@@ -82,7 +82,7 @@ def _calibration(data: Any, model: onnx.ModelProto) -> Any:
         from .data import load_data
 
         try:
-            return load_data(data, model)
+            return load_data(data, model, shapes)
         except (OSError, ValueError, KeyError) as exc:
             raise DataError(f"--data {data}: {exc}") from exc
     if isinstance(data, np.ndarray):
@@ -115,7 +115,7 @@ def _check_model(model: onnx.ModelProto) -> None:
         return
     tmpdir = tempfile.mkdtemp(prefix="smof-check-")
     try:
-        path = pgraph.save_model(ver._copy(model), Path(tmpdir) / "model.onnx", external_data=True)
+        path = pgraph.save_model(model, Path(tmpdir) / "model.onnx", external_data=True)
         onnx.checker.check_model(str(path), full_check=True)
     finally:
         import shutil
@@ -199,7 +199,7 @@ def cut(model: Any, output: Any = None, input_shapes: ShapesLike = None, data: A
     src, m = load(model)
     _check_outputs(src, output, report_path)
     shapes = resolve_shapes(m, input_shapes)
-    calib = _calibration(data, m)
+    calib = _calibration(data, m, shapes)
     return cut_and_verify(m, m, output=output, input_shapes=shapes, data=calib, report_path=report_path,
                           config=config, progress=progress, extra={"model": str(src) if src else None})
 
@@ -239,9 +239,7 @@ def cut_and_verify(original: onnx.ModelProto, start: onnx.ModelProto, *, output:
                                      "input_shapes": concrete})
     if output is not None:
         _say(progress, f"writing {output}")
-        big = pgraph.model_size(cut_model) > pgraph.PROTOBUF_LIMIT - (64 << 20)
-        # Writing external data rewrites the proto's tensors into file references: write a copy.
-        pgraph.save_model(ver._copy(cut_model) if big else cut_model, output)
+        pgraph.save_model(cut_model, output)
     if report_path is not None:
         rep.write_report(report, report_path)
     return cut_model, report
@@ -265,7 +263,7 @@ def compress(model: Any, output: Any = None, *, data: Any = None, target_flops: 
     src, m = load(model)
     _check_outputs(src, output, report_path)
     shapes = resolve_shapes(m, input_shapes)
-    calib = _calibration(data, m)
+    calib = _calibration(data, m, shapes)
     try:
         from .methods import METHODS
     except ImportError as exc:
@@ -277,20 +275,24 @@ def compress(model: Any, output: Any = None, *, data: Any = None, target_flops: 
     work.CopyFrom(m)
     returned = METHODS[method](work, data=calib, target_flops=float(target_flops), input_shapes=shapes, seed=seed,
                                **method_options)
-    zeroed, quality, settings = _unpack(returned, method)
+    zeroed, quality, settings, choices = _unpack(returned, method)
     method_info = {"name": method, "target_flops": float(target_flops), "seed": seed,
                    **{k: v for k, v in method_options.items()}, **(settings or {})}
+    if choices:
+        method_info["choices"] = choices
     return cut_and_verify(m, zeroed, output=output, input_shapes=shapes, data=calib, report_path=report_path,
                           progress=progress, quality=quality, method=method_info,
                           extra={"model": str(src) if src else None})
 
 
-def _unpack(returned: Any, method: str) -> tuple[onnx.ModelProto, dict | None, dict | None]:
+def _unpack(returned: Any, method: str) -> tuple[onnx.ModelProto, dict | None, dict | None, list | None]:
+    """(zeroed model, quality, settings, per-layer choices) from what a method returned."""
     if isinstance(returned, onnx.ModelProto):
-        return returned, None, None
+        return returned, None, None, None
     if isinstance(returned, tuple) and len(returned) == 2 and isinstance(returned[0], onnx.ModelProto):
         info = returned[1] or {}
-        return returned[0], info.get("quality"), info.get("settings")
+        return returned[0], info.get("quality"), info.get("settings"), info.get("choices")
     if isinstance(getattr(returned, "model", None), onnx.ModelProto):
-        return returned.model, getattr(returned, "quality", None), getattr(returned, "settings", None)
+        return (returned.model, getattr(returned, "quality", None), getattr(returned, "settings", None),
+                getattr(returned, "choices", None))
     raise TypeError(f"method '{method}' returned {type(returned).__name__}, not an ONNX model")

@@ -295,20 +295,13 @@ class _session:
         opts = session_options(self.optimize, self.threads, self.spin)
         if pgraph.model_size(self.model) > pgraph.PROTOBUF_LIMIT - (64 << 20):
             self.tmpdir = tempfile.mkdtemp(prefix="smof-verify-")
-            path = pgraph.save_model(_copy(self.model), Path(self.tmpdir) / "model.onnx", external_data=True)
+            path = pgraph.save_model(self.model, Path(self.tmpdir) / "model.onnx", external_data=True)
             return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         return ort.InferenceSession(self.model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
     def __exit__(self, *exc) -> None:
         if self.tmpdir:
             shutil.rmtree(self.tmpdir, ignore_errors=True)
-
-
-def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    """onnx.save_model with external data rewrites the proto it is given; save a copy instead."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    return m
 
 
 def session_options(optimize: bool, threads: int = 1, spin: bool = False) -> ort.SessionOptions:

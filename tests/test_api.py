@@ -189,3 +189,11 @@ def test_models_with_external_data_load_cut_and_save(tmp_path):
                     location="ext.onnx.data", size_threshold=0)
     out, _ = api.cut(src, tmp_path / "out" / "cut.onnx")
     assert_equivalent(zeroed_net(), pgraph.load_model(tmp_path / "out" / "cut.onnx"))
+
+
+def test_compress_reports_the_methods_per_layer_choices(tmp_path):
+    model = pgraph.load_model("models/default/resnet20_fmnist.onnx")
+    _, rep = api.compress(model, method="l2", target_flops=0.5)
+    choices = rep["method"]["choices"]
+    assert choices and all({"name", "kernel_before", "kernel_after"} <= set(c) for c in choices)
+    assert rep["flops"]["ratio"] <= 0.5 + 0.01
