@@ -106,8 +106,7 @@ class CutDeadChannels(Pass):
     @staticmethod
     def _removed_atoms(a: ChannelAnalysis) -> np.ndarray:
         """Atoms of removable slots, minus one slot per tensor that would otherwise be emptied."""
-        removable = np.zeros(len(a.slots), bool)
-        removable[[s.id for s in a.removable_slots()]] = True
+        removable = a.slot_removable.copy()
         for sp in a.spaces.values():
             labs = a.label[sp.base:sp.base + sp.size]
             if sp.size and removable[labs].all():
