@@ -209,6 +209,48 @@ def test_if_subgraphs_are_left_untouched_with_a_reason(tmp_path):
     assert any("branch" in f["where"] or "If" in f["reason"] for f in frozen), frozen
 
 
+def _quantized_net() -> onnx.ModelProto:
+    """conv1 (filter 3 zero) -> QuantizeLinear -> QLinearConv -> DequantizeLinear -> conv2 (zero ring).
+
+    The quantized ops carry scales and zero points per tensor: their channels are not modelled,
+    so conv1's zero filter must stay (frozen, with the reason), while conv2's ring still goes.
+    """
+    rng = np.random.default_rng(4)
+    w1 = rng.standard_normal([4, 3, 3, 3]).astype(np.float32)
+    w1[3] = 0
+    w2 = rng.standard_normal([2, 4, 3, 3]).astype(np.float32)
+    w2[:, :, [0, 2], :] = 0
+    w2[:, :, :, [0, 2]] = 0
+    wq = rng.integers(-20, 20, [4, 4, 1, 1]).astype(np.int8)
+    u8, i8 = lambda v, n: onh.from_array(np.array(v, np.uint8), n), lambda v, n: onh.from_array(np.array(v, np.int8), n)
+    f32 = lambda v, n: onh.from_array(np.array(v, np.float32), n)
+    inits = [onh.from_array(w1, "w1"), onh.from_array(w2, "w2"), onh.from_array(wq, "wq"),
+             f32(0.05, "xs"), u8(128, "xz"), f32(0.02, "ws"), i8(0, "wz"), f32(0.1, "ys"), u8(128, "yz")]
+    nodes = [oh.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             oh.make_node("QuantizeLinear", ["c1", "xs", "xz"], ["q1"], name="quant"),
+             oh.make_node("QLinearConv", ["q1", "xs", "xz", "wq", "ws", "wz", "ys", "yz"], ["q2"], name="qconv"),
+             oh.make_node("DequantizeLinear", ["q2", "ys", "yz"], ["d2"], name="dequant"),
+             oh.make_node("Conv", ["d2", "w2"], ["y"], name="conv2", pads=[1, 1, 1, 1])]
+    g = oh.make_graph(nodes, "qnet", [oh.make_tensor_value_info("x", F, ["N", 3, 8, 8])],
+                      [oh.make_tensor_value_info("y", F, ["N", 2, 8, 8])], inits)
+    return oh.make_model(g, opset_imports=[oh.make_opsetid("", 13)])
+
+
+def test_quantized_operators_are_left_untouched_with_a_reason(tmp_path):
+    model = _quantized_net()
+    assert _cut(tmp_path, model) == 0
+    out = pgraph.load_model(tmp_path / "out.onnx")
+    feeds = random_inputs(model, seed=5)
+    a, b = run(model, feeds)["y"], run(out, feeds)["y"]
+    assert np.max(np.abs(a - b)) <= 1e-5 * np.max(np.abs(a))
+    weights = conv_weights(out)
+    assert weights["conv1"].shape == (4, 3, 3, 3)  # its zero filter feeds the quantized chain
+    assert weights["conv2"].shape == (2, 4, 1, 1)  # the float conv after it is still cut
+    assert np.array_equal(initializer(out, "wq"), initializer(model, "wq"))
+    frozen = json.loads((tmp_path / "r.json").read_text())["frozen"]
+    assert any("quant" in f["where"] and "quantized" in f["reason"] for f in frozen), frozen
+
+
 def test_over_2gb_models_are_written_with_external_data(tmp_path, monkeypatch):
     # The >2 GB path, with the limit lowered so a 3.5 kB weight counts as "too big".
     monkeypatch.setattr(pgraph, "PROTOBUF_LIMIT", 1000 + (64 << 20))
