@@ -21,7 +21,6 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import onnx
 from onnx import numpy_helper as onh
 
