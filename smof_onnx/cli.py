@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--val-split", type=float)
     m.add_argument("--no-kernel", dest="kernel", action="store_const", const=False, help="do not cut kernel sizes")
     m.add_argument("--no-channel", dest="channel", action="store_const", const=False, help="do not cut channels")
-    m.add_argument("--channel-multiple", type=int, help="keep channel counts a multiple of this")
+    m.add_argument("--channel-multiple", type=int, help="keep channel counts a multiple of this (default 0: 16 for layers of >= 32 channels, else 8)")
     m.add_argument("--target-latency", type=float, help="fraction of the measured latency to keep")
     m.add_argument("--bench-batch", type=int, help="batch size of latency measurements")
     p.set_defaults(handler=_compress)

@@ -167,3 +167,12 @@ def test_mask_gradients_reach_every_gate():
     assert np.all(grad[kernel_and_residual] != 0)
     # conv3 channels that Relu kills on every input have no gradient; most are alive
     assert np.count_nonzero(grad[list(p.space.families[1].gates)]) >= 12
+
+
+def test_auto_multiple_is_16_for_wide_families_and_8_for_narrow():
+    p = prepare(tiny_cnn(width=16), None, multiple=0)
+    by_size = {len(f.gates): f for f in p.space.families}
+    assert by_size[16].multiple == 8 and by_size[16].allowed() == [8, 16]
+    assert by_size[32].multiple == 16 and by_size[32].allowed() == [16, 32]
+    h = p.space.binarize(np.linspace(0, 1, p.space.size))
+    assert {int(h[list(f.gates)].sum()) % f.multiple for f in p.space.families} == {0}

@@ -15,6 +15,7 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
+from passes.analysis.flops import count_cost
 from smof_onnx.learn import latency
 from smof_onnx.learn.latency import (LatencyConfig, LayerChoice, channel_grid, conv_sites, kernel_candidates,
                                      measure_table, micro_conv)
@@ -37,10 +38,10 @@ def two_conv_model(valid: bool = False) -> onnx.ModelProto:
 
 
 def fake_timer(model, feed, threads, budget_s, warmup):
-    """'Milliseconds' = MACs / 1e3: bilinear in (cin, cout) for a fixed kernel, so interpolation is exact."""
-    w = next(numpy_helper.to_array(i) for i in model.graph.initializer if i.name == "w")
-    y = run(model, feed)["y"].shape
-    return float(np.prod(y) * np.prod(w.shape[1:])) / 1e3
+    """'Milliseconds' = conv MACs / 1e3: bilinear in (cin, cout) for a fixed kernel, so interpolation
+    is exact; a whole model costs the sum of its convs."""
+    shapes = {k: list(v.shape) for k, v in feed.items()}
+    return sum(lay.flops for lay in count_cost(model, shapes).layers if lay.op == "Conv") / 2e3
 
 
 def test_kernel_candidates_remove_whole_rings():
@@ -85,6 +86,7 @@ def test_table_interpolates_and_sums(monkeypatch, tmp_path):
     # exact MACs/1e3 of the original convs: 2*16*12*12*8*9, 2*16*6*6*9, 2*24*6*6*16
     full = (2 * 16 * 144 * 72 + 2 * 16 * 36 * 9 + 2 * 24 * 36 * 16) / 1e3
     assert table.predict() == pytest.approx(full)
+    assert table.meta["model_ms"] == pytest.approx(full)  # the whole model, timed once, is cached too
     # between grid points (cin 6, cout 12) and a 3x1 kernel: still exact (bilinear cost)
     dense = table.layer_ms("dense", (3, 1), 6, 12)
     assert dense == pytest.approx(2 * 12 * 144 * 6 * 3 / 1e3)
@@ -122,3 +124,25 @@ def test_real_measurement_runs(tmp_path):
         ms = np.asarray(row["ms"], dtype=np.float64)
         assert np.isfinite(ms).all() and ms.min() > 0, name
     assert table.predict() > 0
+
+
+def test_layers_of_the_same_geometry_are_timed_once(monkeypatch, tmp_path):
+    calls = []
+
+    def counting(model, feed, *args):
+        calls.append(tuple(next(i.dims for i in model.graph.initializer if len(i.dims) == 4)))
+        return fake_timer(model, feed, *args)
+
+    monkeypatch.setattr(latency, "time_model", counting)
+    model = two_conv_model()
+    twin = onnx.ModelProto()
+    twin.CopyFrom(model)
+    # a second 'dense' conv of the same geometry on the same input
+    twin.graph.node.insert(1, helper.make_node("Conv", ["x", "w1"], ["a2"], name="dense2", pads=[1, 1, 1, 1]))
+    twin.graph.output.append(helper.make_tensor_value_info("a2", onnx.TensorProto.FLOAT, None))
+    config = LatencyConfig(cache_dir=str(tmp_path), channel_fractions=(0.5, 1.0))
+    once = len(calls) if measure_table(model, {"x": [2, 8, 12, 12]}, config, use_cache=False) else 0
+    calls.clear()
+    table = measure_table(twin, {"x": [2, 8, 12, 12]}, config, use_cache=False)
+    assert len(calls) == once  # no new cells: 'dense2' reuses the cells of 'dense'
+    assert table.layers["dense2"]["ms"] == table.layers["dense"]["ms"]

@@ -30,6 +30,8 @@ def test_make_settings_aims_at_a_fixed_number_of_steps():
     cfg = CompressConfig(batch_size=64)
     assert train.make_settings(cfg, 512).search_epochs == 38      # 8 steps per epoch
     assert train.make_settings(cfg, 4096).search_epochs == 5      # 64 steps per epoch
+    assert train.make_settings(cfg, 512).finetune_epochs == 75    # twice the steps: 600
+    assert train.make_settings(cfg, 4096).finetune_epochs == 10
     fixed = train.make_settings(CompressConfig(epochs=2, finetune_epochs=0, lr=0.01), 512)
     assert (fixed.search_epochs, fixed.finetune_epochs, fixed.lr) == (2, 0, 0.01)
 
@@ -86,3 +88,37 @@ def test_evaluate_reports_accuracy_with_labels_and_agreement_without():
     assert q["metric"] == "top1_agreement" and q["top1_agreement"] == 0.75
     dense = train.evaluate([torch.ones(2, 1, 4, 4)], [torch.full((2, 1, 4, 4), 1.1)], None, "val")
     assert dense["metric"] == "relative_error" and dense["relative_error"] == pytest.approx(0.1, rel=1e-5)
+
+
+def test_finetune_fixed_keeps_zeros_at_zero_and_reduces_the_loss():
+    """A zeroed tiny model (half of conv3's filters, conv2's outer ring) fine-tuned from labels
+    (its own outputs as the teacher give no signal at the start): every zero stays exactly
+    zero, everything else may move, and the loss against the labels goes down."""
+    from onnx import numpy_helper
+
+    p, data = _problem_and_data(64)
+    labels = np.random.default_rng(1).integers(0, 5, 64)
+    h = np.ones(p.space.size)
+    h[list(p.space.families[1].gates[:8])] = 0
+    h[[g.index for g in p.space.kernel if g.node == "conv2"]] = 0
+    zeroed = p.space.apply(p.model, h)
+    arrays = {"x": data.inputs["x"], "labels": labels}
+    tuned = train.finetune_fixed(zeroed, arrays, 8, lr=3e-3, batch_size=16, progress_bars=False)
+    before = {i.name: numpy_helper.to_array(i) for i in zeroed.graph.initializer}
+    after = {i.name: numpy_helper.to_array(i) for i in tuned.graph.initializer}
+    assert set(before) == set(after)
+    moved = 0
+    for name, b in before.items():
+        a = after[name]
+        assert a.shape == b.shape and not a[b == 0].any(), name
+        moved += int((a != b).any())
+    assert moved >= 4
+
+    def ce(model):
+        logits = train.predict(OnnxModule(model), data, 16)[0]
+        return float(torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels)))
+
+    assert ce(tuned) < ce(zeroed)
+    again = train.finetune_fixed(zeroed, arrays, 8, lr=3e-3, batch_size=16, progress_bars=False)
+    assert again.SerializeToString() == tuned.SerializeToString()  # seeded
+    assert train.finetune_fixed(zeroed, arrays, 0).SerializeToString() == zeroed.SerializeToString()

@@ -88,3 +88,23 @@ def test_with_data_it_fine_tunes_and_reports_quality():
     assert tuned.settings["finetuned"] is True and tuned.quality["samples"] == 4
     assert tuned.choices == plain.choices  # same zeros, different surviving weights
     assert tuned.model.SerializeToString() != plain.model.SerializeToString()
+
+
+def test_target_latency_meets_the_predicted_latency_and_reports_the_measured(monkeypatch, tmp_path):
+    """The table's timer is faked (conv MACs: deterministic); the cut model is timed for real
+    (briefly), so only the report's shape and the predicted ratio are asserted."""
+    from smof_onnx.learn import latency
+    from smof_onnx.methods import latency as method_latency
+    from tests.test_learn_latency_budget import conv_macs
+
+    monkeypatch.setenv("SMOF_CACHE", str(tmp_path))
+    monkeypatch.setattr(latency, "time_model", lambda m, feed, *a: conv_macs(m, feed))
+    monkeypatch.setattr(method_latency, "MEASURE_S", 0.2)
+    result = METHODS["l2"](tiny_cnn(), target_flops=1.0, target_latency=0.5, channel_multiple=1, bench_batch=4)
+    lat = result.settings["latency"]
+    assert lat["predicted_ratio"] <= 0.5 and lat["target"] == 0.5
+    assert lat["bench_batch"] == 4 and lat["threads"] == 2
+    assert lat["measured_ratio"] > 0 and lat["measured_ms"] > 0 and 0.5 < lat["self_ratio"] < 2
+    # conv MACs are FLOPs here and the convs are nearly all of them: the FLOPs follow
+    assert result.settings["flops_ratio_cut"] <= 0.55
+    assert list(tmp_path.glob("latency/*.json")), "the table is cached under $SMOF_CACHE"

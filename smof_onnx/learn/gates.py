@@ -17,7 +17,9 @@ A *gate* is one entry of a flat vector ``g`` (keep = 1, drop = 0):
   zero filters + bias (+ BN scale/shift), exactly what the hook computes at 0.
 - gated slots that occupy the same tensors form a *family* (one conv's filters, one residual
   stream); with ``channel_multiple`` N a family keeps ``(other channels + kept) % N == 0``
-  channels, or all of them; a family of at most N gated slots gets no gates. A family never
+  channels, or all of them; a family of at most N gated slots gets no gates. ``multiple=0``
+  is the per-family rule :func:`family_multiple` (16 for tensors of >= 32 channels, else 8:
+  what ONNX Runtime's CPU convs run fastest here, see the function). A family never
   loses every slot (depth pruning is left to zero-branch detection on real zeros).
 
 This module imports torch only inside :class:`GateModule` helpers, so the data-free ``l2``
@@ -32,7 +34,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-__all__ = ["KernelGate", "ChannelGate", "Family", "GateSpace", "build_gate_space", "ZEROABLE_OPS"]
+__all__ = ["KernelGate", "ChannelGate", "Family", "GateSpace", "build_gate_space", "ZEROABLE_OPS",
+           "family_multiple"]
 
 ZEROABLE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "InstanceNormalization")
 
@@ -66,9 +69,11 @@ class Family:
     gates: tuple[int, ...]   # gate indices, in slot order
     base: int                # channels of the first tensor that are not gated by this family
     tensors: tuple[str, ...]
+    multiple: int = 1        # kept channel counts are multiples of this (or the full count)
 
-    def allowed(self, multiple: int) -> list[int]:
-        """Kept counts allowed for this family (ascending), never 0."""
+    def allowed(self, multiple: int | None = None) -> list[int]:
+        """Kept counts allowed for this family (ascending), never 0; ``multiple`` overrides."""
+        multiple = self.multiple if multiple is None else multiple
         n = len(self.gates)
         ok = [k for k in range(1, n) if (self.base + k) % multiple == 0]
         return ok + [n]
@@ -97,7 +102,7 @@ class GateSpace:
         h = (g > threshold).astype(np.float64)
         for fam in self.families:
             idx = np.asarray(fam.gates)
-            allowed = np.asarray(fam.allowed(self.multiple))
+            allowed = np.asarray(fam.allowed())
             k = int(h[idx].sum())
             k = int(allowed[np.argmin(np.abs(allowed - k) - 1e-9 * allowed)])  # nearest; ties go up
             order = idx[np.argsort(-g[idx], kind="stable")]
@@ -294,8 +299,9 @@ def build_gate_space(model: onnx.ModelProto, analysis: Any | None, *, kernel: bo
         for key in sorted(by_tensors, key=lambda k: min(s.id for s in by_tensors[k])):
             slots = sorted(by_tensors[key], key=lambda s: s.id)
             first = analysis.spaces[key[0]].size if key[0] in analysis.spaces else len(slots)
-            fam = Family(len(families), tuple(range(len(slots))), first - len(slots), key)
-            if len(fam.allowed(multiple)) < 2:  # only "keep all" fits the multiple
+            fam = Family(len(families), tuple(range(len(slots))), first - len(slots), key,
+                         family_multiple(multiple, first))
+            if len(fam.allowed()) < 2:  # only "keep all" fits the multiple
                 continue
             ids = []
             for s in slots:
@@ -310,6 +316,24 @@ def build_gate_space(model: onnx.ModelProto, analysis: Any | None, *, kernel: bo
                     hooks[t] = (sp.axis, sp.rank, np.full(sp.size, -1, np.int64))
                 hooks[t][2][c] = gate.index
     return GateSpace(kgates, cgates, families, axes, shapes, hooks, multiple)
+
+
+def family_multiple(multiple: int, channels: int) -> int:
+    """The channel multiple of a family whose tensors have ``channels`` channels.
+
+    ``multiple >= 1`` is used as given. ``0`` (auto): 16 when ``channels >= 32``, else 8.
+    Why (measured: the latency table of the default ResNet-20, ONNX Runtime CPU, 2 threads,
+    batch 32, this machine): a 3x3 conv 32->32 at 14x14 ran 0.17 / 0.31 / 1.12 / 1.08 ms with
+    8 / 16 / 24 / 32 channels in and out; 64->64 at 7x7 ran 0.12 / 0.28 / 0.28 / 0.55 / 0.55 /
+    0.99 / 0.99 ms with 16 / 24 / 32 / 40 / 48 / 56 / 64. Time moves in steps of 16 channels, so a
+    count off a multiple of 16 costs as much as the next multiple up. A 16-channel layer can
+    only go to 8 or stay (1.24 -> 0.63 ms at 28x28), so 8 there. On the model at 0.5 FLOPs
+    (4096 images) multiple 8 everywhere ran 1.27x faster than the original, this rule 1.69x,
+    at the same accuracy (91.70% / 91.64%).
+    """
+    if multiple >= 1:
+        return multiple
+    return 16 if channels >= 32 else 8
 
 
 def slot_gate_index(space: GateSpace, analysis: Any, tensor: str) -> np.ndarray:

@@ -13,6 +13,10 @@ Rules:
   linear interpolation (and extrapolation) between channel grid points. Layers absent from
   ``choices`` count at their original shape. Non-conv work is not in the table: the budget
   reads the table as relative cost.
+- Layers of the same geometry (input shape, weight shape, strides, pads, group) share their
+  measured cells, so a ResNet stage of identical blocks is timed once.
+- ``meta["model_ms"]``: the median time of the whole model at the same batch, so a budget can
+  add the work outside the convs (activations, adds, pooling, the classifier) as a constant.
 - Tables are cached as JSON in ``$SMOF_CACHE/latency`` (default ``~/.cache/smof-onnx/latency``)
   keyed by the model's bytes, the input shapes, the grid settings and the machine (CPU
   model, thread count, ONNX Runtime version): a table is never reused on another machine.
@@ -292,23 +296,24 @@ def measure_table(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[in
         row.update(kernels=[list(k) for k in kernels], full=[cin, cout], batch=batch,
                    input_shape=list(site.input_shape))
         plans.append((site, row, cells, batch))
-    total = sum(len(c) for _, _, c, _ in plans)
-    done = 0
+    measured: dict[tuple, float] = {}
+    todo = {(_geometry(site), k, a, b, batch): (site, k, a, b, batch) for site, _, cells, batch in plans
+            for k, a, b in cells}
+    for done, (key_, (site, k, a, b, batch)) in enumerate(todo.items(), 1):
+        m, feed = micro_conv(site, k, a, b, batch)
+        measured[key_] = time_model(m, feed, config.threads, config.budget_s, config.warmup)
+        if progress:
+            progress(done, len(todo))
     layers = {}
     for site, row, cells, batch in plans:
-        times = {}
-        for k, a, b in cells:
-            m, feed = micro_conv(site, k, a, b, batch)
-            times[(k, a, b)] = time_model(m, feed, config.threads, config.budget_s, config.warmup)
-            done += 1
-            if progress:
-                progress(done, total)
+        times = {(k, a, b): measured[(_geometry(site), k, a, b, batch)] for k, a, b in cells}
         kernels = [tuple(k) for k in row["kernels"]]
         if row["depthwise"]:
             row["ms"] = [[times[(k, c, c)] for c in row["channels"]] for k in kernels]
         else:
             row["ms"] = [[[times[(k, a, b)] for b in row["cout"]] for a in row["cin"]] for k in kernels]
         layers[site.name] = row
+    meta["model_ms"] = _model_ms(model, input_shapes, config)
     table = LatencyTable(layers, meta)
     if use_cache:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -316,3 +321,18 @@ def measure_table(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[in
         tmp.write_text(table.to_json())
         os.replace(tmp, path)
     return table
+
+
+def _geometry(site: ConvSite) -> tuple:
+    return (site.input_shape[1:], site.weight_shape, site.strides, site.dilations, site.pads, site.group)
+
+
+def _model_ms(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]], config: LatencyConfig) -> float:
+    """Median time of the whole model at the table's batch (random float inputs)."""
+    from ..verify import random_feeds
+
+    shapes = {k: list(v) for k, v in input_shapes.items()}
+    if config.batch is not None:
+        shapes = {k: [config.batch, *v[1:]] if v else v for k, v in shapes.items()}
+    feed = random_feeds(model, shapes, seed=0)
+    return time_model(model, feed, config.threads, max(config.budget_s, 0.5), config.warmup)

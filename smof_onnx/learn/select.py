@@ -11,6 +11,9 @@ analysis, ``count_cost``, gates (:mod:`.gates`) and budget (:mod:`.budget`).
 - *check*: cut the zeroed model for real and count it; when the real ratio exceeds the target
   (a pass kept something the budget assumed gone), lower the internal target by the
   difference and trim again (a few rounds at most).
+``extra``: further (budget, target) pairs that must hold too, e.g. the predicted latency
+(:class:`.latency_budget.LatencyBudget`, anything with ``ratio(effective gates)``); a unit is
+trimmed while any budget is over its target and restored only when every budget still fits.
 A *unit* is one ring level (outermost kept first when dropping, innermost dropped first when
 restoring) or one step of a channel family to its next allowed count (its lowest-scored kept
 slots / highest-scored dropped slots; the unit's score is their mean).
@@ -88,7 +91,7 @@ def _drop_units(space: GateSpace, h: np.ndarray, s: np.ndarray) -> list[_Unit]:
     for fam in space.families:
         idx = np.asarray(fam.gates)
         kept = idx[h[idx] >= 0.5]
-        allowed = [a for a in fam.allowed(space.multiple) if a < len(kept)]
+        allowed = [a for a in fam.allowed() if a < len(kept)]
         if allowed:
             n = len(kept) - allowed[-1]
             worst = kept[np.argsort(s[kept], kind="stable")[:n]]
@@ -106,7 +109,7 @@ def _restore_units(space: GateSpace, h: np.ndarray, s: np.ndarray) -> list[_Unit
         idx = np.asarray(fam.gates)
         kept = int((h[idx] >= 0.5).sum())
         dropped = idx[h[idx] < 0.5]
-        allowed = [a for a in fam.allowed(space.multiple) if a > kept]
+        allowed = [a for a in fam.allowed() if a > kept]
         if allowed and len(dropped):
             n = allowed[0] - kept
             best = dropped[np.argsort(-s[dropped], kind="stable")[:n]]
@@ -114,26 +117,38 @@ def _restore_units(space: GateSpace, h: np.ndarray, s: np.ndarray) -> list[_Unit
     return units
 
 
-def _trim(problem: Problem, h: np.ndarray, s: np.ndarray, target: float) -> np.ndarray:
+def _over(problem: Problem, h: np.ndarray, target: float, extra: Sequence = ()) -> str | None:
+    """The first budget over its target (its description), or None when all fit."""
+    e = problem.space.effective(h)
+    r = problem.budget.ratio(e)
+    if r > target + 1e-12:
+        return f"the FLOPs target {target:.3f} cannot be reached: with every gate dropped the model keeps {r:.3f} of its FLOPs"
+    for budget, goal in extra:
+        r = budget.ratio(e)
+        if r > goal + 1e-12:
+            return (f"the latency target {goal:.3f} cannot be reached: with every gate dropped the model is predicted "
+                    f"to take {r:.3f} of its time")
+    return None
+
+
+def _trim(problem: Problem, h: np.ndarray, s: np.ndarray, target: float, extra: Sequence = ()) -> np.ndarray:
     h = h.copy()
-    while problem.budget.ratio(problem.space.effective(h)) > target + 1e-12:
+    while (why := _over(problem, h, target, extra)) is not None:
         units = _drop_units(problem.space, h, s)
         if not units:
-            raise UnsupportedModelError(
-                f"the FLOPs target {target:.3f} cannot be reached: with every gate dropped the model keeps "
-                f"{problem.budget.ratio(problem.space.effective(h)):.3f} of its FLOPs (the rest is frozen or ungated)")
+            raise UnsupportedModelError(f"{why} (the rest is frozen or ungated)")
         worst = min(units, key=lambda u: (u.score, u.gates))
         h[list(worst.gates)] = 0.0
     return h
 
 
-def _restore(problem: Problem, h: np.ndarray, s: np.ndarray, target: float) -> np.ndarray:
+def _restore(problem: Problem, h: np.ndarray, s: np.ndarray, target: float, extra: Sequence = ()) -> np.ndarray:
     h = h.copy()
     while True:
         for unit in sorted(_restore_units(problem.space, h, s), key=lambda u: (-u.score, u.gates)):
             trial = h.copy()
             trial[list(unit.gates)] = 1.0
-            if problem.budget.ratio(problem.space.effective(trial)) <= target + 1e-12:
+            if _over(problem, trial, target, extra) is None:
                 h = trial
                 break
         else:
@@ -141,14 +156,15 @@ def _restore(problem: Problem, h: np.ndarray, s: np.ndarray, target: float) -> n
 
 
 def select(problem: Problem, scores: np.ndarray, target: float, *, threshold: float = 0.5,
-           rounds: int = 5, check: bool = True) -> tuple[np.ndarray, dict[str, float]]:
-    """Binary gates meeting ``target`` for the cut model; returns (h, {"estimated", "cut"})."""
+           rounds: int = 5, check: bool = True, extra: Sequence = ()) -> tuple[np.ndarray, dict[str, float]]:
+    """Binary gates meeting ``target`` for the cut model (and every ``extra`` budget's target);
+    returns (h, {"estimated", "cut"})."""
     s = np.asarray(scores, np.float64)
     h = problem.space.effective(problem.space.binarize(s, threshold))
     goal = target
     est = real = float("nan")
     for _ in range(rounds):
-        h = _restore(problem, _trim(problem, h, s, goal), s, goal)
+        h = _restore(problem, _trim(problem, h, s, goal, extra), s, goal, extra)
         est = float(problem.budget.ratio(problem.space.effective(h)))
         if not check:
             return h, {"estimated": est, "cut": est}

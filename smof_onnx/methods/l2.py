@@ -10,7 +10,8 @@ weight energy removed / share of the layer's FLOPs removed":
   for the usual trained kernel whose centre holds most of the energy.
 The gates are then chosen by :func:`smof_onnx.learn.select.select` (trim / restore by score,
 the real cut counted) so the cut model meets ``target_flops``. With data (and torch
-installed), the weights are fine-tuned with the masks fixed and the quality is measured on
+installed), the weights are fine-tuned with the zeros fixed
+(:func:`smof_onnx.learn.train.finetune_fixed`, distilled from the original) and the quality is measured on
 the held-out split; without data the zeroed weights are returned as they are.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ..errors import UsageError
 from ..learn.gates import GateSpace
 from ..learn.select import prepare, select
 from . import CompressConfig, MethodResult
+from .latency import latency_budget, latency_report
 
 
 def scores(model: onnx.ModelProto, space: GateSpace) -> np.ndarray:
@@ -80,14 +82,14 @@ def _filter_energy(node: onnx.NodeProto, op: str, inits: dict[str, np.ndarray]) 
 
 
 def run(model: onnx.ModelProto, data, config: CompressConfig) -> MethodResult:
-    if config.target_latency is not None:
-        raise UsageError("--target-latency is not supported by --method l2; use --target-flops")
     calib = as_calibration(data, model, config.input_shapes)  # validated before anything else
     start = time.perf_counter()
     problem = prepare(model, config.input_shapes, kernel=config.kernel, channel=config.channel,
                       multiple=config.channel_multiple)
+    latency = latency_budget(problem, config)
+    extra = [] if latency is None else [(latency, config.target_latency)]
     s = scores(problem.model, problem.space)
-    h, ratios = select(problem, s, config.target_flops, threshold=-np.inf)
+    h, ratios = select(problem, s, config.target_flops, threshold=-np.inf, extra=extra)
     zeroed = problem.space.apply(problem.model, h)
     quality = None
     settings = {**config.settings(), "gates": {"kernel": len(problem.space.kernel),
@@ -96,13 +98,15 @@ def run(model: onnx.ModelProto, data, config: CompressConfig) -> MethodResult:
     if calib is not None:
         zeroed, quality, extra = _finetune(problem, calib, h, config)
         settings.update(extra)
+    if latency is not None:
+        settings["latency"] = latency_report(problem, latency, zeroed, h, config)
     settings["seconds"] = round(time.perf_counter() - start, 2)
     return MethodResult(zeroed, settings, problem.space.choices(problem.model, h), quality)
 
 
 def _finetune(problem, calib, h: np.ndarray, config: CompressConfig):
     try:
-        import torch
+        import torch  # noqa: F401
     except ImportError:
         raise UsageError("fine-tuning --method l2 with --data needs PyTorch; leave out --data for the "
                          "data-free result") from None
@@ -112,16 +116,13 @@ def _finetune(problem, calib, h: np.ndarray, config: CompressConfig):
     calib = as_calibration(calib, problem.model, config.input_shapes)
     train_set, val_set = calib.split(config.val_split, config.seed)
     settings = train.make_settings(config, len(train_set))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        teacher_module = OnnxModule(problem.model).eval()
-        teacher = train.teacher_outputs(teacher_module, train_set, settings.batch_size)
-        student = OnnxModule(problem.model).eval()
-        train.finetune(problem, student, train_set, teacher, h, settings, teacher_module)
-        zeroed = problem.space.apply(student.state_to_onnx(problem.model), h)
-        quality = None
-        if val_set is not None:
-            before = train.predict(teacher_module, val_set, settings.batch_size)
-            after = train.predict(OnnxModule(zeroed).eval(), val_set, settings.batch_size)
-            quality = train.evaluate(before, after, val_set.labels, "val")
-    return zeroed, quality, {"finetuned": True, "finetune_epochs": settings.finetune_epochs, "lr": settings.lr}
+    zeroed = problem.space.apply(problem.model, h)
+    tuned = train.finetune_fixed(zeroed, train_set, settings.finetune_epochs, lr=settings.lr,
+                                 batch_size=settings.batch_size, seed=config.seed,
+                                 progress_bars=settings.progress, teacher=problem.model)
+    quality = None
+    if val_set is not None:
+        before = train.predict(OnnxModule(problem.model).eval(), val_set, settings.batch_size)
+        after = train.predict(OnnxModule(tuned).eval(), val_set, settings.batch_size)
+        quality = train.evaluate(before, after, val_set.labels, "val")
+    return tuned, quality, {"finetuned": True, "finetune_epochs": settings.finetune_epochs, "lr": settings.lr}

@@ -127,18 +127,16 @@ class QRConfig:
 
 
 def finetune(model: onnx.ModelProto, data: Mapping[str, np.ndarray], epochs: int, **kwargs) -> onnx.ModelProto:
-    """Fine-tune ``model`` with the learning stage (masks fixed); needs torch (imported lazily)."""
+    """Fine-tune ``model`` with its zeros fixed (:func:`smof_onnx.learn.train.finetune_fixed`:
+    distillation from the model as it is, plus cross-entropy with labels); needs torch."""
     try:
         import torch  # noqa: F401
     except ImportError:
         raise UsageError("qr: finetune_epochs > 0 needs PyTorch (pip install 'smof-onnx[torch]'); "
                          "the qr method itself runs without it") from None
-    from .. import learn
+    from ..learn.train import finetune_fixed
 
-    fn = getattr(learn, "finetune", None)
-    if fn is None:
-        raise UsageError("qr: this build's learning stage has no finetune(); run with finetune_epochs=0")
-    return fn(model, data, epochs=epochs, **kwargs)
+    return finetune_fixed(model, data, epochs, **kwargs)
 
 
 def _input_shapes(model: onnx.ModelProto, data: Mapping[str, np.ndarray]) -> dict[str, list[int]]:
@@ -297,7 +295,8 @@ def run(model: onnx.ModelProto, data, config: QRConfig | CompressConfig) -> Meth
     pruned, recon = reconstruct(canon, data, units, kept, stats, site_ids, config)
     t_end = time.perf_counter()
     if config.finetune_epochs > 0:
-        pruned = finetune(pruned, data, config.finetune_epochs)
+        # Distil from the unpruned model: the pruned one as its own teacher would give zero loss.
+        pruned = finetune(pruned, data, config.finetune_epochs, teacher=canon)
 
     choices = []
     for u, k, res, cost in zip(units, keep, curves, costs):

@@ -10,6 +10,10 @@
 5. :func:`smof_onnx.learn.train.finetune` with the masks fixed, then the zeroed canonical graph
    (:meth:`GateSpace.apply` on :meth:`OnnxModule.state_to_onnx`) is returned with the settings,
    the per-layer choices and the quality on the held-out split.
+With ``target_latency``, the per-layer ONNX Runtime table of the canonical model is measured
+at ``bench_batch`` (cached; :mod:`smof_onnx.methods.latency`), the search's gate costs are
+predicted-latency savings and the selection also meets the predicted latency; the settings
+report the predicted and the measured ratio of the cut model.
 Needs torch and data; ``--method l2`` is the data-free, torch-free baseline.
 """
 from __future__ import annotations
@@ -22,14 +26,13 @@ import onnx
 from ..data import as_calibration
 from ..errors import DataError, UsageError
 from . import CompressConfig, MethodResult
+from .latency import latency_budget, latency_report
 
 
 def run(model: onnx.ModelProto, data, config: CompressConfig) -> MethodResult:
     if data is None:
         raise DataError("--method smof learns from data: give --data (a .npz, .npy or image folder), "
                         "or use --method l2 (data-free)")
-    if config.target_latency is not None:
-        raise UsageError("--target-latency is not supported by --method smof yet; use --target-flops")
     calib = as_calibration(data, model, config.input_shapes)  # validated before anything trains
     try:
         import torch
@@ -46,7 +49,10 @@ def run(model: onnx.ModelProto, data, config: CompressConfig) -> MethodResult:
     if problem.space.size == 0:
         raise UsageError("nothing to learn: the model has no gateable kernel border or channel "
                          "(see `smof-onnx inspect` for what is frozen and why)")
-    select(problem, np.zeros(problem.space.size), config.target_flops, check=False)  # reachable? (else a clear error)
+    latency = latency_budget(problem, config)
+    extra = [] if latency is None else [(latency, config.target_latency)]
+    # reachable? (else a clear error before any training)
+    select(problem, np.zeros(problem.space.size), config.target_flops, check=False, extra=extra)
     calib = as_calibration(calib, problem.model, config.input_shapes)
     train_set, val_set = calib.split(config.val_split, config.seed)
     settings = train.make_settings(config, len(train_set))
@@ -56,8 +62,9 @@ def run(model: onnx.ModelProto, data, config: CompressConfig) -> MethodResult:
         teacher_module = OnnxModule(problem.model).eval()
         teacher = train.teacher_outputs(teacher_module, train_set, settings.batch_size)
         student = OnnxModule(problem.model).eval()
-        scores = train.search(problem, student, train_set, teacher, config.target_flops, settings, teacher_module)
-        h, ratios = select(problem, scores, config.target_flops)
+        scores = train.search(problem, student, train_set, teacher, config.target_flops, settings, teacher_module,
+                              latency=latency, latency_target=config.target_latency)
+        h, ratios = select(problem, scores, config.target_flops, extra=extra)
         train.finetune(problem, student, train_set, teacher, h, settings, teacher_module)
         trained = student.state_to_onnx(problem.model)
         zeroed = problem.space.apply(trained, h)
@@ -73,5 +80,8 @@ def run(model: onnx.ModelProto, data, config: CompressConfig) -> MethodResult:
                     "train_samples": len(train_set), "val_samples": 0 if val_set is None else len(val_set),
                     "gates": {"kernel": len(problem.space.kernel), "channel": len(problem.space.channel)},
                     "flops_ratio_estimated": ratios["estimated"], "flops_ratio_cut": ratios["cut"],
-                    "seconds": round(time.perf_counter() - start, 2)}
+                    "channel_cost": settings.channel_cost}
+    if latency is not None:
+        settings_out["latency"] = latency_report(problem, latency, zeroed, h, config)
+    settings_out["seconds"] = round(time.perf_counter() - start, 2)
     return MethodResult(zeroed, settings_out, problem.space.choices(problem.model, h), quality)
