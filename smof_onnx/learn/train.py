@@ -114,6 +114,12 @@ def task_loss(student, teacher, kinds, labels: torch.Tensor | None, temperature:
     return loss
 
 
+def _batch_loss(module, data, batch, teacher, teacher_module, gen, kinds, settings):
+    """The training loss of one batch: distillation (+ cross-entropy with labels) on mixed inputs."""
+    feeds, target_out, labels = make_batch(module, data, batch, teacher, teacher_module, gen, settings.mix)
+    return task_loss(module(*feeds), target_out, kinds, labels, settings.temperature)
+
+
 def make_batch(module, data: CalibrationData, idx: np.ndarray, teacher: list[torch.Tensor], teacher_module,
                gen: torch.Generator, mix: bool):
     """(feeds, teacher outputs, labels) of one step. With ``mix``, the batch is extended by as many
@@ -226,10 +232,7 @@ def search(problem: Problem, module, data: CalibrationData, teacher: list[torch.
             h = _restore(problem, _trim(problem, np.ones(space.size), score, tau, extra), score, tau, extra)
             ratio = float(problem.budget.ratio(space.effective(h)))
         masks.set(h, requires_grad=True)
-        feeds, target_out, labels = make_batch(module, data, next(batches), teacher, teacher_module, gen,
-                                               settings.mix)
-        outs = module(*feeds)
-        loss = task_loss(outs, target_out, kinds, labels, settings.temperature)
+        loss = _batch_loss(module, data, next(batches), teacher, teacher_module, gen, kinds, settings)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -271,10 +274,7 @@ def _fit(module, data: CalibrationData, teacher: list[torch.Tensor], settings: T
     bar = _Bar(steps, desc, settings.progress)
     gen = torch.Generator().manual_seed(settings.seed + 1)
     for _ in range(steps):
-        feeds, target_out, labels = make_batch(module, data, next(batches), teacher, teacher_module, gen,
-                                               settings.mix)
-        outs = module(*feeds)
-        loss = task_loss(outs, target_out, kinds, labels, settings.temperature)
+        loss = _batch_loss(module, data, next(batches), teacher, teacher_module, gen, kinds, settings)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if after_step is not None:
