@@ -23,7 +23,7 @@ from . import __version__
 from .errors import exit_code
 
 _METHOD_OPTIONS = ("epochs", "finetune_epochs", "lr", "batch_size", "val_split", "kernel", "channel",
-                   "channel_multiple", "target_latency", "bench_batch")
+                   "channel_multiple", "target_latency", "bench_batch", "threads")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--channel-multiple", type=int, help="keep channel counts a multiple of this (default 0: 16 for layers of >= 32 channels, else 8)")
     m.add_argument("--target-latency", type=float, help="fraction of the measured latency to keep")
     m.add_argument("--bench-batch", type=int, help="batch size of latency measurements")
+    m.add_argument("--threads", type=int, help="PyTorch threads while training (default: PyTorch's, one per core); "
+                   "1 is faster when other jobs share the cores")
     p.set_defaults(handler=_compress)
 
     p = sub.add_parser("bench", parents=[common, shape], help="ONNX Runtime latency of one model, or two side by side")

@@ -14,7 +14,9 @@ Rules:
 - ``set_weight_transform(name, fn)`` replaces the constant ``w`` by ``fn(w)`` wherever
   it is read (kernel-border masks); ``set_hook(tensor, fn)`` replaces an intermediate
   tensor ``t`` by ``fn(t)`` before any consumer reads it (channel gates). Both are part
-  of the autograd graph.
+  of the autograd graph. ``set_normalizer(tensor, fn)`` is applied to a node output before
+  its hook (the training-time batch normalisation of :mod:`.batchnorm`, so a channel gate
+  multiplies the normalised output).
 - BatchNormalization always uses its stored statistics and Dropout is the identity,
   whatever ``train()`` / ``eval()`` says: the module computes what ONNX Runtime computes.
 """
@@ -159,6 +161,7 @@ class OnnxModule(nn.Module):
                 self.consts.register_buffer(key, value)
         self._param_names = [n for n in consts if n in wanted]
         self._hooks: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+        self._norms: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
         self._transforms: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
         self._frees = self._last_uses()
 
@@ -221,6 +224,13 @@ class OnnxModule(nn.Module):
             raise KeyError(f"'{tensor_name}' is not a graph input or a node output")
         self._set(self._hooks, tensor_name, fn)
 
+    def set_normalizer(self, tensor_name: str, fn: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
+        """Replace the node output ``t`` by ``fn(t)`` before its hook (``None`` removes it)."""
+        produced = {o for _, _, _, outs in self._steps for o in outs if o}
+        if tensor_name not in produced:
+            raise KeyError(f"'{tensor_name}' is not a node output")
+        self._set(self._norms, tensor_name, fn)
+
     def set_weight_transform(self, name: str, fn: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
         """Every read of constant ``name`` sees ``fn(value)`` (``None`` removes the transform)."""
         if name not in self._key:
@@ -229,6 +239,7 @@ class OnnxModule(nn.Module):
 
     def clear_hooks(self) -> None:
         self._hooks.clear()
+        self._norms.clear()
         self._transforms.clear()
 
     @staticmethod
@@ -253,6 +264,9 @@ class OnnxModule(nn.Module):
                 result = (result,)
             for name, value in zip(outs, result):
                 if name:
+                    norm = self._norms.get(name)
+                    if norm is not None:
+                        value = norm(value)
                     hook = self._hooks.get(name)
                     env[name] = hook(value) if hook is not None else value
             for name in frees:

@@ -54,6 +54,9 @@ class CompressConfig:
     (16 for families of >= 32 channels, else 8; ``qr`` takes one multiple and uses 8), the
     default: on the default model at 0.5 FLOPs it ran 1.69x faster than the original where a
     multiple of 8 everywhere ran 1.27x, at the same accuracy (see ``family_multiple``). ``target_latency`` / ``bench_batch``: the latency-aware budget.
+    ``threads``: PyTorch's intra-op threads while a method trains (None: PyTorch's default, one
+    per core). On this 2-core machine, with another process busy, training with the default's
+    2 threads slowed from 5 to 0.25 steps/s (spin-waiting threads); ``threads=1`` avoids that.
     """
 
     target_flops: float = 0.5
@@ -68,6 +71,7 @@ class CompressConfig:
     channel: bool = True
     channel_multiple: int = 0
     bench_batch: int = 32
+    threads: int | None = None
     input_shapes: Mapping[str, Sequence[int]] | None = None
     progress_bars: bool = True
 
@@ -82,6 +86,8 @@ class CompressConfig:
                 raise UsageError(f"--{name.replace('_', '-')} {v}: must be >= 0")
         if self.batch_size < 1 or self.bench_batch < 1:
             raise UsageError("--batch-size and --bench-batch must be >= 1")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"--threads {self.threads}: must be >= 1")
         if self.channel_multiple < 0:
             raise UsageError(f"--channel-multiple {self.channel_multiple}: must be >= 1, or 0 for the per-layer rule")
         if not 0 <= self.val_split < 1:

@@ -119,7 +119,8 @@ def _finetune(problem, calib, h: np.ndarray, config: CompressConfig):
     zeroed = problem.space.apply(problem.model, h)
     tuned = train.finetune_fixed(zeroed, train_set, settings.finetune_epochs, lr=settings.lr,
                                  batch_size=settings.batch_size, seed=config.seed,
-                                 progress_bars=settings.progress, teacher=problem.model)
+                                 progress_bars=settings.progress, teacher=problem.model,
+                                 threads=config.threads)
     quality = None
     if val_set is not None:
         before = train.predict(OnnxModule(problem.model).eval(), val_set, settings.batch_size)

@@ -12,8 +12,9 @@
    the per-layer choices and the quality on the held-out split.
 With ``target_latency``, the per-layer ONNX Runtime table of the canonical model is measured
 at ``bench_batch`` (cached; :mod:`smof_onnx.methods.latency`), the search's gate costs are
-predicted-latency savings and the selection also meets the predicted latency; the settings
-report the predicted and the measured ratio of the cut model.
+predicted-latency savings and the selection also meets the predicted latency, corrected by
+timing the cut model (:func:`.latency.correct_by_measurement`); the settings report the
+predicted and the measured ratio of the cut model and each timed selection round.
 Needs torch and data; ``--method l2`` is the data-free, torch-free baseline.
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ import onnx
 from ..data import as_calibration
 from ..errors import DataError, UsageError
 from . import CompressConfig, MethodResult
-from .latency import latency_budget, latency_report
+from .latency import correct_by_measurement, latency_budget, latency_report
 
 
 def run(model: onnx.ModelProto, data, config: CompressConfig) -> MethodResult:
@@ -57,15 +58,19 @@ def run(model: onnx.ModelProto, data, config: CompressConfig) -> MethodResult:
     train_set, val_set = calib.split(config.val_split, config.seed)
     settings = train.make_settings(config, len(train_set))
 
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), train.torch_threads(config.threads):
         torch.manual_seed(config.seed)
         teacher_module = OnnxModule(problem.model).eval()
         teacher = train.teacher_outputs(teacher_module, train_set, settings.batch_size)
         student = OnnxModule(problem.model).eval()
+        bn = train.attach_batchnorm(student, train_set, settings)
         scores = train.search(problem, student, train_set, teacher, config.target_flops, settings, teacher_module,
                               latency=latency, latency_target=config.target_latency)
         h, ratios = select(problem, scores, config.target_flops, extra=extra)
-        train.finetune(problem, student, train_set, teacher, h, settings, teacher_module)
+        corrections = None
+        if latency is not None:
+            h, ratios, corrections = correct_by_measurement(problem, latency, scores, h, ratios, config, select)
+        train.finetune(problem, student, train_set, teacher, h, settings, teacher_module, bn)
         trained = student.state_to_onnx(problem.model)
         zeroed = problem.space.apply(trained, h)
         quality = None
@@ -83,5 +88,6 @@ def run(model: onnx.ModelProto, data, config: CompressConfig) -> MethodResult:
                     "channel_cost": settings.channel_cost}
     if latency is not None:
         settings_out["latency"] = latency_report(problem, latency, zeroed, h, config)
+        settings_out["latency"]["selection_rounds"] = corrections
     settings_out["seconds"] = round(time.perf_counter() - start, 2)
     return MethodResult(zeroed, settings_out, problem.space.choices(problem.model, h), quality)
