@@ -99,7 +99,7 @@ def main(argv=None) -> int:
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "method"}), file=sys.stderr)
 
-    print(f"| target | settings | acc % | drop | FLOPs | b32 speedup | wall s |\n|---|---|---:|---:|---:|---:|---:|")
+    print("| target | settings | acc % | drop | FLOPs | b32 speedup | wall s |\n|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
         sp = f"{r['speedup_b32']:.2f}x ({r['self_ratio']:.2f})" if "speedup_b32" in r else "-"
         label = ("latency " if r["latency_target"] else "") + f"{r['target']:g}"

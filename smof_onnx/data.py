@@ -192,7 +192,7 @@ def _read_images(path: Path, specs: list[InputSpec], input_shapes, image_size, m
         from PIL import Image
     except ImportError:
         raise DataError(f"{path}: reading a folder of images needs Pillow, which is not installed "
-                        "(`pip install pillow`), or convert the images to a .npz") from None
+                        "(`pip install 'smof-onnx[images]'` or `pip install pillow`), or convert the images to a .npz") from None
     if len(specs) != 1:
         raise DataError(f"{path}: a folder of images feeds one input, but the model has {[s.name for s in specs]}")
     spec = specs[0]

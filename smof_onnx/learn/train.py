@@ -33,6 +33,12 @@ Search (``epochs`` passes over the training split), with the weights training al
 Then the final selection (with the real cut counted) and a fine-tune with masks fixed
 (``finetune_epochs``, cosine learning rate). Everything is seeded: same seed, same bytes.
 
+Batch normalisation (``batchnorm``, on by default): the canonical graph has its BN folded into
+the convs, so search and fine-tune run with a train-mode BN re-inserted after every conv
+(:mod:`.batchnorm`), recalibrated with the final gates and folded back before export. Measured
+on the default model at 0.5 FLOPs from 4096 images: 92.10% test accuracy (drop 0.31 points)
+against 91.64% (0.77) on the folded weights, same schedule.
+
 :func:`finetune_fixed` is the same fine-tune for any zeroed ONNX model (no gates: the zeros
 are the mask), for methods that decide the zeros themselves (``qr``, ``l2``).
 """
