@@ -58,6 +58,21 @@ def test_bad_usage_is_exit_2(capsys):
     assert main(["compress", "m.onnx", "-o", "o.onnx", "--target-flops", "half"]) == 2
 
 
+def test_threads_reaches_the_method_and_zero_threads_is_exit_2(tmp_path, capsys, monkeypatch):
+    from smof_onnx import methods
+    from tests.test_learn_gates import tiny_cnn
+
+    src = tmp_path / "m.onnx"
+    onnx.save(tiny_cnn(), str(src))
+    assert main(["compress", str(src), "-o", str(tmp_path / "o.onnx"), "--method", "l2", "--threads", "0"]) == 2
+    assert "--threads 0" in capsys.readouterr().err
+    seen = {}
+    real = methods.METHODS["l2"]
+    monkeypatch.setitem(methods.METHODS, "l2", lambda m, **kw: seen.update(kw) or real(m, **kw))
+    assert main(["compress", str(src), "-o", str(tmp_path / "o.onnx"), "--method", "l2", "--threads", "1"]) == 0
+    assert seen["threads"] == 1
+
+
 @pytest.mark.parametrize("content,expect", [
     (None, "no such file"),
     (b"this is not a model\n" * 20, "not a readable ONNX model"),
