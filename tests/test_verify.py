@@ -144,3 +144,28 @@ def test_outputs_of_bounded_ops_are_measured_against_their_range():
     tiny = np.full(4, 3e-6)
     assert verify.rel_err(tiny, tiny + 1e-7, floors["p"]) == pytest.approx(1e-7)
     assert verify.rel_err(tiny, tiny + 1e-7, floors["q"]) == pytest.approx(1e-7 / 3.1e-6, rel=0.05)
+
+
+def _scaled_sigmoid(scale: float, shift: float) -> onnx.ModelProto:
+    """y = Sigmoid(x * scale + shift): large logits, like a detector's probability map."""
+    return onnx.parser.parse_model(f"""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[N, 64] x) => (float[N, 64] y) <float s = {{{scale}}}, float b = {{{shift}}}>
+        {{
+            z = Mul(x, s)
+            l = Add(z, b)
+            y = Sigmoid(l)
+        }}""")
+
+
+def test_a_sigmoid_output_is_compared_at_its_logits():
+    """Logits of scale ~100 moved by 1e-6 of their scale (float32 rounding after a fold) move the
+    probabilities by ~2.5e-5 near 0.5, which the gate accepts; a 1e-3 logit error it refuses."""
+    ref = _scaled_sigmoid(100.0, 0.0)
+    assert verify.bounded_arguments(ref) == {"y": "l"}
+    rounding = verify.verify_equivalent(ref, _scaled_sigmoid(100.0, 1e-4), n_random=3)
+    assert rounding.ok, rounding.per_output
+    a = 1 / (1 + np.exp(-0.0))
+    assert abs(1 / (1 + np.exp(-1e-4)) - a) > 1e-5  # the probabilities alone would fail the gate
+    wrong = verify.verify_equivalent(ref, _scaled_sigmoid(100.0, 0.5), n_random=3)
+    assert not wrong.ok and wrong.per_output["y"] > 1e-3
