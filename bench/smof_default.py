@@ -23,28 +23,19 @@ from pathlib import Path
 from unittest import mock
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for p in (ROOT, ROOT / "bench"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
 
-import numpy as np  # noqa: E402
 import onnx  # noqa: E402
-import onnxruntime as ort  # noqa: E402
 
+import fmnist_models as fm  # noqa: E402
 from models import fashion_mnist  # noqa: E402
 from passes.analysis.flops import count_cost  # noqa: E402
 from smof_onnx import api  # noqa: E402
 from smof_onnx.verify import compare_latency  # noqa: E402
 
 MODEL = ROOT / "models" / "default" / "resnet20_fmnist.onnx"
-
-
-def accuracy(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray) -> float:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    pred = np.concatenate([sess.run(None, {name: x[i:i + 500]})[0].argmax(1) for i in range(0, len(x), 500)])
-    return float((pred == y).mean())
 
 
 def _value(text: str):
@@ -71,7 +62,7 @@ def main(argv=None) -> int:
     x_test, y_test = fashion_mnist.load("test")
     data = {"input": x_train[:args.calib], "labels": y_train[:args.calib]}
     original = onnx.load(MODEL)
-    base = accuracy(original, x_test, y_test)
+    base = fm.ort_accuracy(original, x_test, y_test, threads=2)
     base_flops = count_cost(original).flops
     rows = []
     print(f"original: {100 * base:.2f}%  settings {options}  bn={bn}", file=sys.stderr)
@@ -89,7 +80,7 @@ def main(argv=None) -> int:
                                lambda *a, **k: dataclasses.replace(make(*a, **k), batchnorm=bn)):
             model, report = api.compress(original, data=data, method="smof", val_split=0, **kw)
         wall = time.perf_counter() - start
-        acc = accuracy(model, x_test, y_test)
+        acc = fm.ort_accuracy(model, x_test, y_test, threads=2)
         row = {"target": target, "latency_target": args.latency, "settings": options, "bn": bn,
                "accuracy": acc, "drop_points": 100 * (base - acc), "flops_ratio": count_cost(model).flops / base_flops,
                "wall_s": round(wall, 1), "method": report.get("method", {})}

@@ -244,19 +244,6 @@ def pages(n: int, size: tuple[int, int] = (256, 256), seed: int = 0) -> np.ndarr
     return pages_with_masks(n, size, seed)[0]
 
 
-def _input_name(kind: str) -> str:
-    import onnx
-
-    from .ppocr import ppocr_path
-
-    model = onnx.load(str(ppocr_path(kind)), load_external_data=False)
-    inits = {i.name for i in model.graph.initializer}
-    names = [i.name for i in model.graph.input if i.name not in inits]
-    if len(names) != 1:
-        raise ValueError(f"PP-OCR {kind} model has inputs {names}; expected exactly one")
-    return names[0]
-
-
 def calibration(kind: str, n: int, seed: int = 0, **sizes) -> dict[str, np.ndarray]:
     """Label-free calibration data for the PP-OCR ``kind`` model, keyed by its real input name.
 
@@ -270,4 +257,6 @@ def calibration(kind: str, n: int, seed: int = 0, **sizes) -> dict[str, np.ndarr
     if unknown:
         raise ValueError(f"calibration({kind!r}): unknown size option(s) {unknown}; known: {sorted(allowed[kind])}")
     x = text_lines(n, seed=seed, **sizes)["x"] if kind == "cls" else pages(n, seed=seed, **sizes)
-    return {_input_name(kind): x}
+    from .ppocr import INPUT_NAME  # every PP-OCR model's one input (tests/test_models_ppocr.py checks it)
+
+    return {INPUT_NAME: x}

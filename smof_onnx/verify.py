@@ -134,7 +134,8 @@ def verify_equivalent(reference: onnx.ModelProto, candidate: onnx.ModelProto,
     feeds = [random_feeds(reference, input_shapes, seed=seed + i, batch=batch) for i in range(n_random)]
     feeds += data_feeds(reference, data, batch=batch, n_batches=n_data_batches)
     args_ref, args_cand = bounded_arguments(reference), bounded_arguments(candidate)
-    args = {n: (args_ref[n], args_cand[n]) for n in args_ref if n in args_cand}
+    args = {n: (args_ref[n][0], args_cand[n][0]) for n in args_ref
+            if n in args_cand and args_ref[n][1] == args_cand[n][1]}
     with _session(_expose(reference, {n: a for n, (a, _) in args.items()}), optimize=False) as ref, \
             _session(_expose(candidate, {n: b for n, (_, b) in args.items()}), optimize=False,
                      role="candidate") as cand:
@@ -204,16 +205,20 @@ def output_scale_floors(model: onnx.ModelProto) -> dict[str, float]:
     return floors
 
 
-def bounded_arguments(model: onnx.ModelProto) -> dict[str, str]:
-    """Graph output -> the input tensor of the Sigmoid / Softmax / HardSigmoid that produces it
-    (directly; an output behind reshapes is left to :func:`output_scale_floors`)."""
+def bounded_arguments(model: onnx.ModelProto) -> dict[str, tuple[str, tuple]]:
+    """Graph output -> (the input tensor of the Sigmoid / Softmax / HardSigmoid that produces it,
+    that op's signature: type and attributes). Directly produced outputs only; an output behind
+    reshapes is left to :func:`output_scale_floors`. The gate compares arguments only where both
+    models' signatures agree, i.e. both apply the same function to them."""
     producers = {o: n for n in model.graph.node for o in n.output}
     consts = {i.name for i in model.graph.initializer} | {i.name for i in model.graph.input}
     out = {}
     for o in model.graph.output:
         node = producers.get(o.name)
         if node is not None and node.op_type in _UNIT_RANGE_OPS and node.input and node.input[0] not in consts:
-            out[o.name] = node.input[0]
+            signature = (node.domain or "", node.op_type,
+                         tuple(sorted(a.SerializeToString() for a in node.attribute)))
+            out[o.name] = (node.input[0], signature)
     return out
 
 

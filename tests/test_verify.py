@@ -162,7 +162,7 @@ def test_a_sigmoid_output_is_compared_at_its_logits():
     """Logits of scale ~100 moved by 1e-6 of their scale (float32 rounding after a fold) move the
     probabilities by ~2.5e-5 near 0.5, which the gate accepts; a 1e-3 logit error it refuses."""
     ref = _scaled_sigmoid(100.0, 0.0)
-    assert verify.bounded_arguments(ref) == {"y": "l"}
+    assert verify.bounded_arguments(ref) == {"y": ("l", ("", "Sigmoid", ()))}
     rounding = verify.verify_equivalent(ref, _scaled_sigmoid(100.0, 1e-4), n_random=3)
     assert rounding.ok, rounding.per_output
     a = 1 / (1 + np.exp(-0.0))

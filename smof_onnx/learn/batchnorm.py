@@ -45,7 +45,7 @@ class _Stats(nn.Module):
         self.register_buffer("rm", torch.zeros(channels, dtype=torch.float64))
         self.register_buffer("rv", torch.ones(channels, dtype=torch.float64))
         self.mode = "normalise"           # or "collect": accumulate statistics, pass y through
-        self.acc: list[torch.Tensor] | None = None
+        self.acc: torch.Tensor | None = None  # rows: sum, sum of squares, count (per channel)
 
     def _dims(self, y: torch.Tensor) -> list[int]:
         return [d for d in range(y.ndim) if d != 1]

@@ -19,6 +19,8 @@ The table is validated at import: every key is an ONNX op type of the default do
 from __future__ import annotations
 
 import dataclasses
+import functools
+import operator
 from typing import Any, Callable
 
 import numpy as np
@@ -141,26 +143,17 @@ def _pow(n, a, b):
 
 @op("Max")
 def _max(n, *xs):
-    out = xs[0]
-    for x in xs[1:]:
-        out = torch.maximum(out, x)
-    return out
+    return functools.reduce(torch.maximum, xs)
 
 
 @op("Min")
 def _min(n, *xs):
-    out = xs[0]
-    for x in xs[1:]:
-        out = torch.minimum(out, x)
-    return out
+    return functools.reduce(torch.minimum, xs)
 
 
 @op("Sum")
 def _sum(n, *xs):
-    out = xs[0]
-    for x in xs[1:]:
-        out = out + x
-    return out
+    return functools.reduce(operator.add, xs)
 
 
 @op("Mean")

@@ -59,8 +59,10 @@ from ..data import CalibrationData
 from .masking import Masks
 from .select import Problem, _restore, _trim
 
-__all__ = ["TrainSettings", "torch_threads", "attach_batchnorm", "fold_batchnorm", "output_kinds", "teacher_outputs", "search", "finetune", "evaluate", "gate_costs",
-           "finetune_fixed"]
+__all__ = ["TrainSettings", "torch_threads", "attach_batchnorm", "fold_batchnorm", "output_kinds",
+           "teacher_outputs", "search", "finetune", "evaluate", "gate_costs", "finetune_fixed"]
+
+BN_SAMPLES = 4096  # calibration samples whose statistics set (and recalibrate) the train-mode BN
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,23 +83,23 @@ class TrainSettings:
     batchnorm: bool = True
 
 
-def attach_batchnorm(module, data: CalibrationData, settings: TrainSettings, limit: int = 4096):
+def attach_batchnorm(module, data: CalibrationData, settings: TrainSettings):
     """Train-mode BN after every folded conv of ``module`` (:mod:`.batchnorm`), its statistics
-    from (at most ``limit`` of) ``data``; None when ``settings.batchnorm`` is off.
+    from (at most :data:`BN_SAMPLES` of) ``data``; None when ``settings.batchnorm`` is off.
 
     Measured on the default model at 0.5 FLOPs from 4096 images: see the README's smof table."""
     if not settings.batchnorm:
         return None
     from .batchnorm import TrainBatchNorm
 
-    return TrainBatchNorm(module, _plain_batches(module, data, settings.batch_size, limit))
+    return TrainBatchNorm(module, _plain_batches(module, data, settings.batch_size))
 
 
-def fold_batchnorm(bn, module, data: CalibrationData, settings: TrainSettings, limit: int = 4096) -> None:
+def fold_batchnorm(bn, module, data: CalibrationData, settings: TrainSettings) -> None:
     """Recalibrate the running statistics on ``data`` with the final weights and fold them."""
     if bn is None:
         return
-    bn.recalibrate(_plain_batches(module, data, settings.batch_size, limit))
+    bn.recalibrate(_plain_batches(module, data, settings.batch_size))
     bn.fold()
     module.eval()
 
@@ -116,9 +118,11 @@ def torch_threads(n: int | None):
         torch.set_num_threads(before)
 
 
-def _plain_batches(module, data: CalibrationData, batch: int, limit: int):
-    n = min(len(data), limit)
-    return [_feeds(data, module.input_names, np.arange(i, min(i + batch, n))) for i in range(0, n, batch)]
+def _plain_batches(module, data: CalibrationData, batch: int):
+    """Unmixed batches of the first BN_SAMPLES samples, made one at a time (inputs can be large)."""
+    n = min(len(data), BN_SAMPLES)
+    for i in range(0, n, batch):
+        yield _feeds(data, module.input_names, np.arange(i, min(i + batch, n)))
 
 
 def output_kinds(outputs: tuple[torch.Tensor, ...]) -> list[str]:
@@ -362,7 +366,7 @@ def finetune_fixed(model: onnx.ModelProto, data, epochs: int, *, lr: float | Non
         out.CopyFrom(model)
         return out
     settings = TrainSettings(search_epochs=0, finetune_epochs=int(epochs), lr=lr or 1e-3, batch_size=batch_size,
-                             seed=seed, progress=progress_bars, batchnorm=False)
+                             seed=seed, progress=progress_bars)
     with torch.random.fork_rng(devices=[]), torch_threads(threads):
         torch.manual_seed(seed)
         teacher_module = OnnxModule(model if teacher is None else teacher).eval()
