@@ -423,7 +423,9 @@ def _build_case(case, transpose):
         for i, a in enumerate(axes):
             for j in (a["rlo"], a["k"] - 1 - a["rhi"]):
                 if 0 <= j < a["k"]:
-                    idx = [0, 0] + [rng.integers(0, kk) for kk in ks]
+                    # the guard's other coordinates lie inside their own kept range, so the
+                    # other axes' border zeroing below cannot erase it
+                    idx = [0, 0] + [rng.integers(b["rlo"], b["k"] - b["rhi"]) for b in axes]
                     idx[2 + i] = j
                     w[tuple(idx)] = 1.0
     for i, a in enumerate(axes):
