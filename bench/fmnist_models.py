@@ -109,18 +109,18 @@ def _paths(kind: str, epochs: int, seed: int) -> dict[str, Path]:
     return {ext: stem.with_suffix("." + ext) for ext in ("pt", "onnx", "json")}
 
 
-def train(kind: str, epochs: int, seed: int = 0, batch: int = 128, log=print):
-    """Train ``kind`` from scratch on the 60k training images; returns (module in eval mode, info)."""
+def fit(model, epochs: int, lr: float, seed: int = 0, batch: int = 128, name: str = "model", log=print):
+    """Train ``model`` in place on the 60k training images with models/train_fmnist's recipe
+    (SGD Nesterov 0.9, weight decay 5e-4 on weights only, one-cycle to ``lr``, shift + flip);
+    returns it in eval mode. Batches are drawn from a generator seeded with ``seed``."""
     import torch
     from torch.nn import functional as F
 
     from models import train_fmnist
 
-    torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = build(kind, seed).to(memory_format=torch.channels_last)  # ~3x faster for these convs on CPU
+    model = model.to(memory_format=torch.channels_last)  # ~3x faster for these convs on CPU
     x_train, y_train = fashion_mnist.load("train")
-    lr = MAX_LR[kind]
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     opt = torch.optim.SGD([{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0}],
@@ -142,8 +142,18 @@ def train(kind: str, epochs: int, seed: int = 0, batch: int = 128, log=print):
             opt.step()
             sched.step()
             running = float(loss.detach()) if running is None else 0.98 * running + 0.02 * float(loss.detach())
-        log(f"  [{kind}] epoch {epoch + 1}/{epochs} loss {running:.3f} ({time.time() - start:.0f}s)")
-    model = model.eval().to(memory_format=torch.contiguous_format)
+        log(f"  [{name}] epoch {epoch + 1}/{epochs} loss {running:.3f} ({time.time() - start:.0f}s)")
+    return model.eval().to(memory_format=torch.contiguous_format)
+
+
+def train(kind: str, epochs: int, seed: int = 0, batch: int = 128, log=print):
+    """Train ``kind`` from scratch on the 60k training images; returns (module in eval mode, info)."""
+    import torch
+
+    torch.manual_seed(seed)
+    lr = MAX_LR[kind]
+    start = time.time()
+    model = fit(build(kind, seed), epochs, lr, seed, batch, kind, log)
     info = {"kind": kind, "epochs": epochs, "batch": batch, "max_lr": lr, "seed": seed,
             "recipe": "SGD nesterov 0.9, wd 5e-4, one-cycle, shift+flip (models/train_fmnist.py)",
             "train_seconds": round(time.time() - start, 1), "threads": torch.get_num_threads()}
@@ -199,7 +209,8 @@ def _torch_accuracy(module, x: np.ndarray, y: np.ndarray, batch: int = 500) -> f
     return correct / len(x)
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """``write(tmp)`` then rename over ``path``: a reader never sees a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
     os.close(fd)
@@ -229,9 +240,9 @@ def trained(kind: str, epochs: int | None = None, seed: int = 0, log=print) -> T
     info["test_accuracy_torch"] = _torch_accuracy(module, x_test, y_test)
     info["test_accuracy_onnxruntime"] = ort_accuracy(proto, x_test, y_test)
     info["params"] = sum(p.numel() for p in module.parameters())
-    _atomic_write(paths["pt"], lambda t: torch.save(module.state_dict(), t))
-    _atomic_write(paths["onnx"], lambda t: onnx.save(proto, t))
-    _atomic_write(paths["json"], lambda t: Path(t).write_text(json.dumps(info, indent=2) + "\n"))
+    atomic_write(paths["pt"], lambda t: torch.save(module.state_dict(), t))
+    atomic_write(paths["onnx"], lambda t: onnx.save(proto, t))
+    atomic_write(paths["json"], lambda t: Path(t).write_text(json.dumps(info, indent=2) + "\n"))
     log(f"  [{kind}] test accuracy {info['test_accuracy_onnxruntime']:.4f} (ONNX Runtime)")
     return TrainedModel(kind, module.eval(), proto, info)
 

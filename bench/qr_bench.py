@@ -23,20 +23,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+for p in (ROOT, ROOT / "bench"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 
+import fmnist_models as fm  # noqa: E402
 from models import fashion_mnist  # noqa: E402
 from models.cache import cache_root  # noqa: E402
 
@@ -48,59 +49,22 @@ INPUT = "input"
 # ----------------------------------------------------------------------------- trained models
 
 def _train(kind: str, epochs: int, seed: int = 0):
-    """Train ``kind`` ('resnet20' or 'vgg') on Fashion-MNIST with models/train_fmnist's recipe."""
+    """Train ``kind`` ('resnet20' or 'vgg', this bench's own VGG) with :func:`fmnist_models.fit`."""
     import torch
-    from torch import nn
-    from torch.nn import functional as F
 
-    from models import train_fmnist, zoo
+    from models import train_fmnist
     from models.zoo_nets import VGG
 
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    if kind == "resnet20":
-        model = train_fmnist.build_model(seed)
-    else:
-        model = VGG(in_ch=1, spatial=3)
-    model = model.to(memory_format=torch.channels_last)
-    x_train, y_train = fashion_mnist.load("train")
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    lr, batch = (0.2, 128) if kind == "resnet20" else (0.05, 128)
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0}],
-                          lr=lr, momentum=0.9, nesterov=True)
-    steps = epochs * math.ceil(len(x_train) / batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.25)
-    xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train)
-    t0 = time.time()
-    for epoch in range(epochs):
-        model.train()
-        perm = torch.randperm(len(xt), generator=gen)
-        for i in range(0, len(perm), batch):
-            idx = perm[i:i + batch]
-            xb = train_fmnist.augment(xt[idx], gen).contiguous(memory_format=torch.channels_last)
-            loss = F.cross_entropy(model(xb), yt[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-        print(f"  [{kind}] epoch {epoch + 1}/{epochs} loss {float(loss):.3f} {time.time() - t0:.0f}s", flush=True)
-    model = model.eval().to(memory_format=torch.contiguous_format)
-    del nn, zoo
-    return model
+    model = train_fmnist.build_model(seed) if kind == "resnet20" else VGG(in_ch=1, spatial=3)
+    lr = 0.2 if kind == "resnet20" else 0.05
+    return fm.fit(model, epochs, lr, seed, 128, kind, lambda msg: print(msg, flush=True))
 
 
 def _export(model, path: Path) -> None:
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as tmp:
-        tmp_file = Path(tmp) / path.name
-        torch.onnx.export(model, (torch.zeros(2, 1, 28, 28),), str(tmp_file), dynamo=False, input_names=[INPUT],
-                          output_names=["output"], dynamic_axes={INPUT: {0: "batch"}, "output": {0: "batch"}},
-                          training=torch.onnx.TrainingMode.EVAL)
-        onnx.checker.check_model(onnx.load(str(tmp_file)), full_check=True)
-        os.replace(tmp_file, path)
+    proto = fm.export_onnx(model)
+    onnx.checker.check_model(proto, full_check=True)
+    fm.atomic_write(path, lambda t: onnx.save(proto, t))
 
 
 def trained_model(kind: str, epochs: int = 3) -> tuple[onnx.ModelProto, str]:
