@@ -115,7 +115,8 @@ def _table(rows: list[dict]) -> str:
             fresh = (f"orientation {100 * f['orientation_accuracy_before']:.1f}% -> "
                      f"{100 * f['orientation_accuracy_after']:.1f}% (n={f['samples']})")
         else:
-            agree = f"max rel err {q['relative_error']:.3f} (n={q['samples']})"
+            agree = (f"rel RMS err {q['relative_rms_error']:.3f}, mask IoU {q['mask_iou']:.3f} @ {q['mask_threshold']:g} "
+                     f"(n={q['samples']})")
             fresh = f"mask IoU {f['mask_iou']:.3f} @ {DET_THRESH} (n={f['samples']})"
         lines.append(f"| {r['model']} {shape} | {r['target']:g} | {r['flops']['ratio']:.3f} | "
                      f"{r['params']['before'] / 1e3:.0f}k -> {r['params']['after'] / 1e3:.0f}k | {agree} | {fresh} | "

@@ -120,7 +120,25 @@ def test_evaluate_reports_accuracy_with_labels_and_agreement_without():
     q = train.evaluate(before, after, None, "val")
     assert q["metric"] == "top1_agreement" and q["top1_agreement"] == 0.75
     dense = train.evaluate([torch.ones(2, 1, 4, 4)], [torch.full((2, 1, 4, 4), 1.1)], None, "val")
-    assert dense["metric"] == "relative_error" and dense["relative_error"] == pytest.approx(0.1, rel=1e-5)
+    assert dense["metric"] == "relative_rms_error" and dense["relative_rms_error"] == pytest.approx(0.1, rel=1e-5)
+    assert dense["relative_error"] == pytest.approx(0.1, rel=1e-5)
+    assert dense["mask_iou"] == 1.0  # the original (all 1.0) lies in [0, 1]: a probability map
+    assert "mask_iou" not in train.evaluate([torch.full((2, 1, 4, 4), 2.0)], [torch.ones(2, 1, 4, 4)], None, "val")
+
+
+def test_evaluate_dense_maps_error_over_the_whole_map_and_mask_iou():
+    """A probability map where one pixel of 32 flips from 0.9 to 0: the worst-case error is 1.0,
+    the whole-map error is small, and the thresholded masks overlap in 3 of 4 pixels."""
+    before = torch.zeros(2, 1, 4, 4)
+    before[0, 0, 0, :2] = 0.9
+    before[1, 0, 0, :2] = 0.9
+    after = before.clone()
+    after[0, 0, 0, 0] = 0.0
+    q = train.evaluate([before], [after], None, "val")
+    assert q["metric"] == "relative_rms_error"
+    assert q["relative_error"] == pytest.approx(1.0)
+    assert q["relative_rms_error"] == pytest.approx(0.5)  # sqrt(0.81) / sqrt(4 * 0.81)
+    assert q["mask_iou"] == pytest.approx(3 / 4) and q["mask_threshold"] == train.MASK_THRESHOLD
 
 
 def test_finetune_fixed_keeps_zeros_at_zero_and_reduces_the_loss():

@@ -1,5 +1,6 @@
-"""The measured correction of a latency selection: while the timed cut model is over the target,
-the predicted-latency goal drops by the gap and the gates are selected again. The timer is faked
+"""The measured correction of a latency selection: the timed cut model's gap to the prediction
+moves the predicted-latency goal (down when too slow, up when far under the target) and the gates
+are selected again; the result is the last selection timed within the target. The timer is faked
 (conv MACs of the cut model, which the table predicts exactly, + a fixed gap), so no assertion
 depends on wall-clock time."""
 from __future__ import annotations
@@ -17,12 +18,19 @@ from tests.test_learn_gates import cut_model
 from tests.test_learn_latency_budget import _budget
 
 
-def _fake_measure(p, gap):
-    """Time = conv MACs of the really cut model (what the table's fake timer measures), + gap."""
+def _fake_measure(p, gap, *later_gaps):
+    """Time = conv MACs of the really cut model (what the table's fake timer measures), + gap
+    (the first call; then each of ``later_gaps`` in turn, the last one repeating)."""
+    gaps = [gap, *later_gaps]
+    return _fake_timer(p, lambda r: r + (gaps.pop(0) if len(gaps) > 1 else gaps[0]))
+
+
+def _fake_timer(p, time_of):
+    """Time = ``time_of(conv MACs of the really cut model / the original's)``."""
     full = _macs(p.model, p.shapes)
 
     def measure(problem, zeroed, config):
-        ratio = _macs(cut_model(zeroed, p.shapes), p.shapes) / full + gap
+        ratio = time_of(_macs(cut_model(zeroed, p.shapes), p.shapes) / full)
         return types.SimpleNamespace(a=types.SimpleNamespace(median_ms=1.0), b=types.SimpleNamespace(median_ms=ratio),
                                      self_ratio=1.0)
     return measure
@@ -47,3 +55,49 @@ def test_selection_is_redone_until_the_measured_latency_meets_the_target(monkeyp
         assert len(history) == 2 and history[1]["goal"] == pytest.approx(0.6 - (history[0]["measured_ratio"]
                                                                                - history[0]["predicted_ratio"]))
         assert measured <= 0.6 + 1e-9 < history[0]["measured_ratio"]
+
+
+
+def _first_selection(monkeypatch, tmp_path, *gaps):
+    p, lat = _budget(monkeypatch, tmp_path)
+    monkeypatch.setattr(method_latency, "_measure", _fake_measure(p, *gaps))
+    scores = np.linspace(1.0, 2.0, p.space.size)
+    h, ratios = select(p, scores, 1.0, extra=[(lat, 0.6)])
+    return p, lat, scores, h, ratios
+
+
+def test_a_pessimistic_prediction_raises_the_goal_to_use_the_time_left(monkeypatch, tmp_path):
+    p, lat, scores, h, ratios = _first_selection(monkeypatch, tmp_path, -0.08)
+    config = CompressConfig(target_flops=1.0, target_latency=0.6)
+    h2, _, history = method_latency.correct_by_measurement(p, lat, scores, h, ratios, config, select)
+    assert history[0]["measured_ratio"] < 0.6 - method_latency.SLACK
+    assert history[1]["goal"] == pytest.approx(0.6 + 0.08, abs=1e-4)
+    before, after = (lat.ratio(p.space.effective(x)) for x in (h, h2))
+    assert after > before  # more kept ...
+    assert after - 0.08 <= 0.6 + 1e-9  # ... and still measured within the target
+
+
+def test_a_raised_selection_that_runs_over_is_dropped_for_the_one_that_met(monkeypatch, tmp_path):
+    p, lat, scores, h, ratios = _first_selection(monkeypatch, tmp_path, -0.2, 0.2)
+    config = CompressConfig(target_flops=1.0, target_latency=0.6)
+    h2, ratios2, history = method_latency.correct_by_measurement(p, lat, scores, h, ratios, config, select, rounds=2)
+    assert history[0]["measured_ratio"] <= 0.6 < history[1]["measured_ratio"]
+    assert np.array_equal(h2, h) and ratios2 == ratios
+
+
+def test_a_step_in_the_real_time_is_bracketed_by_bisection(monkeypatch, tmp_path):
+    """Real time 0.1 under the prediction below 0.65 and 0.05 over it above (a SIMD step): raising
+    the goal by the first gap overshoots the step, so the goal is bisected between the two."""
+    p, lat = _budget(monkeypatch, tmp_path)
+    monkeypatch.setattr(method_latency, "_measure", _fake_timer(p, lambda r: r - 0.1 if r < 0.65 else r + 0.05))
+    config = CompressConfig(target_flops=1.0, target_latency=0.6)
+    scores = np.linspace(1.0, 2.0, p.space.size)
+    h, ratios = select(p, scores, 1.0, extra=[(lat, 0.6)])
+    h2, _, history = method_latency.correct_by_measurement(p, lat, scores, h, ratios, config, select)
+    measured = [r["measured_ratio"] for r in history]
+    assert measured[0] <= 0.6 < measured[1]  # met, then the raised goal ran over
+    assert 0.6 < history[2]["goal"] < history[1]["goal"]  # bisected between them
+    assert len(history) <= 4
+    first, final = (lat.ratio(p.space.effective(x)) for x in (h, h2))
+    assert final > first
+    assert (final - 0.1 if final < 0.65 else final + 0.05) <= 0.6 + 1e-9

@@ -8,6 +8,11 @@ analysis, ``count_cost``, gates (:mod:`.gates`) and budget (:mod:`.budget`).
 ``select(problem, scores, target)``: binarize the scores (:meth:`GateSpace.binarize`), then
 - *trim*: while the budget's ratio exceeds the target, drop the unit with the lowest score;
 - *restore*: add back the units with the highest scores that still fit;
+- *fill* (only under the automatic channel rule, ``multiple=0``): restore again with channel
+  steps of at most :data:`FINE_MULTIPLE`, so a family held to multiples of 16 may take back 8
+  channels where 16 no longer fit. The rule's 16 is a speed preference, not a contract; a
+  ``--channel-multiple`` the user gave is never broken. Latency budgets in ``extra`` still
+  bound the fill;
 - *check*: cut the zeroed model for real and count it; when the real ratio exceeds the target
   (a pass kept something the budget assumed gone), lower the internal target by the
   difference and trim again (a few rounds at most).
@@ -35,7 +40,11 @@ from ..errors import UnsupportedModelError
 from .budget import FlopsBudget, build_budget
 from .gates import GateSpace, build_gate_space
 
-__all__ = ["Problem", "prepare", "select", "cut_ratio"]
+__all__ = ["Problem", "prepare", "select", "cut_ratio", "FINE_MULTIPLE"]
+
+# The fill step of the automatic channel rule: families held to multiples of 16 may take 8 more
+# channels when a whole 16 no longer fits (VGG at 0.5 stopped at 0.455 of the FLOPs otherwise).
+FINE_MULTIPLE = 8
 
 
 @dataclasses.dataclass
@@ -99,7 +108,7 @@ def _drop_units(space: GateSpace, h: np.ndarray, s: np.ndarray) -> list[_Unit]:
     return units
 
 
-def _restore_units(space: GateSpace, h: np.ndarray, s: np.ndarray) -> list[_Unit]:
+def _restore_units(space: GateSpace, h: np.ndarray, s: np.ndarray, fine: bool = False) -> list[_Unit]:
     units = []
     for idx in space.axes.values():
         dropped = [i for i in idx if h[i] < 0.5]
@@ -109,7 +118,8 @@ def _restore_units(space: GateSpace, h: np.ndarray, s: np.ndarray) -> list[_Unit
         idx = np.asarray(fam.gates)
         kept = int((h[idx] >= 0.5).sum())
         dropped = idx[h[idx] < 0.5]
-        allowed = [a for a in fam.allowed() if a > kept]
+        multiple = min(fam.multiple, FINE_MULTIPLE) if fine else fam.multiple
+        allowed = [a for a in fam.allowed(multiple) if a > kept]
         if allowed and len(dropped):
             n = allowed[0] - kept
             best = dropped[np.argsort(-s[dropped], kind="stable")[:n]]
@@ -142,10 +152,11 @@ def _trim(problem: Problem, h: np.ndarray, s: np.ndarray, target: float, extra: 
     return h
 
 
-def _restore(problem: Problem, h: np.ndarray, s: np.ndarray, target: float, extra: Sequence = ()) -> np.ndarray:
+def _restore(problem: Problem, h: np.ndarray, s: np.ndarray, target: float, extra: Sequence = (),
+             fine: bool = False) -> np.ndarray:
     h = h.copy()
     while True:
-        for unit in sorted(_restore_units(problem.space, h, s), key=lambda u: (-u.score, u.gates)):
+        for unit in sorted(_restore_units(problem.space, h, s, fine), key=lambda u: (-u.score, u.gates)):
             trial = h.copy()
             trial[list(unit.gates)] = 1.0
             if _over(problem, trial, target, extra) is None:
@@ -165,6 +176,8 @@ def select(problem: Problem, scores: np.ndarray, target: float, *, threshold: fl
     est = real = float("nan")
     for _ in range(rounds):
         h = _restore(problem, _trim(problem, h, s, goal, extra), s, goal, extra)
+        if problem.space.multiple == 0:  # the per-family rule is a speed default, not the user's contract
+            h = _restore(problem, h, s, goal, extra, fine=True)
         est = float(problem.budget.ratio(problem.space.effective(h)))
         if not check:
             return h, {"estimated": est, "cut": est}

@@ -26,7 +26,13 @@ Search (``epochs`` passes over the training split), with the weights training al
    channel gates' scaled by ``channel_cost``. With a latency target, the predicted-latency
    saving instead (:meth:`.latency_budget.LatencyBudget.costs`), and the latency target ramps
    down with the FLOPs one.
-4. Every few steps the gates are re-selected greedily by ``importance / cost``
+   The selection divides by ``cost ** cost_power`` (0.5): the full cost over-favours cutting the
+   expensive high-resolution layers (on the bench VGG at 0.5 it halved both 28x28 convs to 8
+   channels). Measured with 4096 images, 1 + 3 epochs, power 0.5 against 1: VGG 90.39% /
+   89.89% at 0.5 and 89.50% / 89.29% at 0.3; MobileNetV2 88.66% / 87.28% at 0.3; ResNet-20
+   91.33% / 91.45% at 0.5 and 90.21% / 90.39% at 0.3 (power 0 on VGG at 0.5: 90.58%, at 0.3:
+   89.16%).
+4. Every few steps the gates are re-selected greedily by ``importance / cost ** cost_power``
    (:func:`.select.select` without the cut check) for a target that decreases linearly from
    1 to the final target over the first ``ramp`` (40%) of the steps, so the weights adapt while
    channels and rings go, and a dropped gate can come back when its importance grows. (On the
@@ -81,6 +87,7 @@ class TrainSettings:
     ramp: float = 0.4
     mix: bool = True
     channel_cost: float = 1.0
+    cost_power: float = 0.5
     temperature: float = 1.0
     batchnorm: bool = True
 
@@ -256,7 +263,7 @@ def search(problem: Problem, module, data: CalibrationData, teacher: list[torch.
     steps = settings.search_epochs * steps_per_epoch
     use_latency = latency is not None and latency_target is not None
     cost = latency.costs(space) if use_latency else gate_costs(problem, settings.channel_cost)
-    cost = np.maximum(cost, 1e-9)
+    cost = np.maximum(cost, 1e-9) ** settings.cost_power
     module.train()  # only train-mode normalisers (:mod:`.batchnorm`) care
     opt = torch.optim.Adam(list(module.parameters()), lr=settings.lr)
     kinds = output_kinds(tuple(t[:1] for t in teacher))
@@ -396,7 +403,16 @@ def predict(module, data: CalibrationData, batch: int) -> list[torch.Tensor]:
 
 def evaluate(before: list[torch.Tensor], after: list[torch.Tensor], labels: np.ndarray | None,
              split: str) -> dict[str, Any]:
-    """Accuracy (labels) or agreement with the original (top-1 for classifiers, else relative error)."""
+    """Accuracy (labels) or agreement with the original.
+
+    Classifier outputs (``[N, C]``, C > 1): top-1 agreement, and accuracy before / after with
+    labels. Every output: ``relative_error``, the largest absolute difference over the largest
+    absolute original value (worst case), and ``relative_rms_error``, ``||after - before|| /
+    ||before||`` over the whole split (the headline for dense outputs: a max-based error of a
+    sigmoid map is about 1 as soon as one pixel flips, whatever the rest does). Dense outputs
+    whose original values all lie in [0, 1] (probability maps) also get ``mask_iou``: the
+    intersection over union of the maps thresholded at ``MASK_THRESHOLD``. With several outputs
+    each number is the worst over them."""
     kinds = output_kinds(tuple(b[:1] for b in before))
     n = int(before[0].shape[0])
     out: dict[str, Any] = {"split": split, "samples": n}
@@ -411,10 +427,27 @@ def evaluate(before: list[torch.Tensor], after: list[torch.Tensor], labels: np.n
         else:
             out["metric"] = "top1_agreement"
     else:
-        out["metric"] = "relative_error"
-    errs = [float((a - b).abs().max() / (b.abs().max() + 1e-12)) for a, b in zip(after, before)]
-    out["relative_error"] = max(errs)
+        out["metric"] = "relative_rms_error"
+    pairs = [(a.double(), b.double()) for a, b in zip(after, before)]
+    out["relative_error"] = max(float((a - b).abs().max() / (b.abs().max() + 1e-12)) for a, b in pairs)
+    out["relative_rms_error"] = max(float((a - b).norm() / (b.norm() + 1e-12)) for a, b in pairs)
+    ious = [_mask_iou(a, b) for (a, b), kind in zip(pairs, kinds) if kind == "dense" and _is_probability(b)]
+    if ious:
+        out["mask_iou"], out["mask_threshold"] = min(ious), MASK_THRESHOLD
     return out
+
+
+MASK_THRESHOLD = 0.5
+
+
+def _is_probability(t: torch.Tensor) -> bool:
+    return t.numel() > 0 and float(t.min()) >= 0.0 and float(t.max()) <= 1.0
+
+
+def _mask_iou(after: torch.Tensor, before: torch.Tensor) -> float:
+    a, b = after > MASK_THRESHOLD, before > MASK_THRESHOLD
+    union = int((a | b).sum())
+    return 1.0 if union == 0 else int((a & b).sum()) / union
 
 
 def make_settings(config, n_samples: int, default_lr: float = 1e-3, target_steps: int = 300,

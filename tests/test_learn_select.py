@@ -1,0 +1,70 @@
+"""Selection: binarize, trim to the target, restore what still fits, and under the automatic
+channel rule fill the rest with finer channel steps; the cut model meets the target."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from smof_onnx.learn.select import FINE_MULTIPLE, cut_ratio, prepare, select
+from tests.test_learn_gates import tiny_cnn
+
+
+def _wide_family(p):
+    return max(p.space.families, key=lambda f: len(f.gates))  # conv3's 32 filters
+
+
+def _scores_and_fill_target(p):
+    """Scores that make conv3's filters the cheapest to lose, and the FLOPs target of the model
+    that keeps 16 + FINE_MULTIPLE of them (everything else kept)."""
+    wide = _wide_family(p)
+    s = np.ones(p.space.size)
+    s[list(wide.gates)] = np.linspace(0.2, 0.1, len(wide.gates))  # conv3's first filters score highest
+    h = np.ones(p.space.size)
+    h[list(wide.gates)[16 + FINE_MULTIPLE:]] = 0.0
+    return s, float(p.budget.ratio(p.space.effective(h))), wide
+
+
+def test_fill_takes_back_eight_channels_where_sixteen_no_longer_fit():
+    p = prepare(tiny_cnn(width=16), None, kernel=False, multiple=0)
+    s, target, wide = _scores_and_fill_target(p)
+    assert wide.multiple == 16 and wide.allowed() == [16, 32]
+    h, ratios = select(p, s, target)
+    kept = np.flatnonzero(h[list(wide.gates)] >= 0.5)
+    assert list(kept) == list(range(16 + FINE_MULTIPLE))  # the best-scored filters, 24 of 32
+    assert ratios["cut"] <= target + 1e-9
+    assert cut_ratio(p, h) == pytest.approx(ratios["cut"])
+
+
+def test_a_channel_multiple_the_user_gave_is_never_filled_finer():
+    p = prepare(tiny_cnn(width=16), None, kernel=False, multiple=16)
+    s, target, wide = _scores_and_fill_target(p)
+    h, ratios = select(p, s, target)
+    assert int(h[list(wide.gates)].sum()) == 16
+    assert ratios["cut"] < target
+
+
+def test_fill_stays_within_every_extra_budget():
+    p = prepare(tiny_cnn(width=16), None, kernel=False, multiple=0)
+    s, target, wide = _scores_and_fill_target(p)
+    h16 = np.ones(p.space.size)
+    h16[list(wide.gates)[16:]] = 0.0
+    tight = float(p.budget.ratio(p.space.effective(h16)))
+    h, _ = select(p, s, target, extra=[(p.budget, tight)])  # a second budget that 16 kept just meets
+    assert int(h[list(wide.gates)].sum()) == 16
+
+
+@pytest.mark.parametrize("target", [0.8, 0.5, 0.3])
+@pytest.mark.parametrize("multiple", [0, 1, 8])
+def test_the_cut_model_meets_the_target(target, multiple):
+    p = prepare(tiny_cnn(width=16), None, multiple=multiple)
+    rng = np.random.default_rng(int(target * 10) + multiple)
+    h, ratios = select(p, rng.random(p.space.size), target)
+    assert cut_ratio(p, h) == pytest.approx(ratios["cut"])
+    assert ratios["cut"] <= target + 1e-9
+    for fam in p.space.families:
+        kept = int(h[list(fam.gates)].sum())
+        assert kept >= 1
+        if multiple:
+            assert kept in fam.allowed()
+        else:
+            assert kept in fam.allowed(min(fam.multiple, FINE_MULTIPLE))
