@@ -102,13 +102,14 @@ def correct_by_measurement(problem, latency: LatencyBudget, scores: np.ndarray, 
                 break
         elif over_goal is None or goal < over_goal:
             over_goal = goal
+        previous = goal
         if met is not None and over_goal is not None:
             if over_goal - met[0] < GOAL_TOLERANCE:
                 break
             goal = (met[0] + over_goal) / 2
         else:
             goal = target - (measured - predicted)  # the gap to the prediction, taken as the model's offset
-        if goal <= 0:
+        if goal <= 0 or abs(goal - previous) < 1e-9:
             break
         try:
             h, ratios = select(problem, scores, config.target_flops, extra=[(latency, goal)])

@@ -3,7 +3,7 @@
 1. :func:`smof_onnx.learn.select.prepare`: canonical form, channel analysis, gates, budget.
 2. The calibration data is validated against the model (before any training) and split
    (``val_split`` held out, seeded).
-3. :func:`smof_onnx.learn.train.search` learns per-gate scores (importance / sqrt(cost)) while the
+3. :func:`smof_onnx.learn.train.search` learns per-gate scores (importance / cost) while the
    weights train under a decreasing FLOPs budget, with distillation from the original model.
 4. :func:`smof_onnx.learn.select.select`: binarize, trim / restore by score until the *cut*
    model's counted FLOPs meet the target.
