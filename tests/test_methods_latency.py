@@ -18,11 +18,11 @@ from tests.test_learn_gates import cut_model
 from tests.test_learn_latency_budget import _budget
 
 
-def _fake_measure(p, gap, *later_gaps):
-    """Time = conv MACs of the really cut model (what the table's fake timer measures), + gap
-    (the first call; then each of ``later_gaps`` in turn, the last one repeating)."""
+def _gaps(gap, *later_gaps):
+    """``time_of`` for :func:`_fake_timer`: the MACs ratio + gap (the first call; then each of
+    ``later_gaps`` in turn, the last one repeating)."""
     gaps = [gap, *later_gaps]
-    return _fake_timer(p, lambda r: r + (gaps.pop(0) if len(gaps) > 1 else gaps[0]))
+    return lambda r: r + (gaps.pop(0) if len(gaps) > 1 else gaps[0])
 
 
 def _fake_timer(p, time_of):
@@ -40,14 +40,23 @@ def _macs(model, shapes):
     return sum(lay.flops for lay in count_cost(model, shapes).layers if lay.op == "Conv")
 
 
-@pytest.mark.parametrize("gap", [0.0, 0.08])
-def test_selection_is_redone_until_the_measured_latency_meets_the_target(monkeypatch, tmp_path, gap):
+CONFIG = CompressConfig(target_flops=1.0, target_latency=0.6)
+
+
+def _first_selection(monkeypatch, tmp_path, time_of):
+    """The problem, its latency budget, the scores and the selection for a 0.6 latency goal,
+    with ``_measure`` faked by ``_fake_timer(p, time_of)``."""
     p, lat = _budget(monkeypatch, tmp_path)
-    monkeypatch.setattr(method_latency, "_measure", _fake_measure(p, gap))
-    config = CompressConfig(target_flops=1.0, target_latency=0.6)
+    monkeypatch.setattr(method_latency, "_measure", _fake_timer(p, time_of))
     scores = np.linspace(1.0, 2.0, p.space.size)
     h, ratios = select(p, scores, 1.0, extra=[(lat, 0.6)])
-    h2, _, history = method_latency.correct_by_measurement(p, lat, scores, h, ratios, config, select)
+    return p, lat, scores, h, ratios
+
+
+@pytest.mark.parametrize("gap", [0.0, 0.08])
+def test_selection_is_redone_until_the_measured_latency_meets_the_target(monkeypatch, tmp_path, gap):
+    p, lat, scores, h, ratios = _first_selection(monkeypatch, tmp_path, _gaps(gap))
+    h2, _, history = method_latency.correct_by_measurement(p, lat, scores, h, ratios, CONFIG, select)
     measured = lat.ratio(p.space.effective(h2)) + gap
     if gap == 0:
         assert len(history) == 1 and np.array_equal(h, h2)
@@ -57,19 +66,9 @@ def test_selection_is_redone_until_the_measured_latency_meets_the_target(monkeyp
         assert measured <= 0.6 + 1e-9 < history[0]["measured_ratio"]
 
 
-
-def _first_selection(monkeypatch, tmp_path, *gaps):
-    p, lat = _budget(monkeypatch, tmp_path)
-    monkeypatch.setattr(method_latency, "_measure", _fake_measure(p, *gaps))
-    scores = np.linspace(1.0, 2.0, p.space.size)
-    h, ratios = select(p, scores, 1.0, extra=[(lat, 0.6)])
-    return p, lat, scores, h, ratios
-
-
 def test_a_pessimistic_prediction_raises_the_goal_to_use_the_time_left(monkeypatch, tmp_path):
-    p, lat, scores, h, ratios = _first_selection(monkeypatch, tmp_path, -0.08)
-    config = CompressConfig(target_flops=1.0, target_latency=0.6)
-    h2, _, history = method_latency.correct_by_measurement(p, lat, scores, h, ratios, config, select)
+    p, lat, scores, h, ratios = _first_selection(monkeypatch, tmp_path, _gaps(-0.08))
+    h2, _, history = method_latency.correct_by_measurement(p, lat, scores, h, ratios, CONFIG, select)
     assert history[0]["measured_ratio"] < 0.6 - method_latency.SLACK
     assert history[1]["goal"] == pytest.approx(0.6 + 0.08, abs=1e-4)
     before, after = (lat.ratio(p.space.effective(x)) for x in (h, h2))
@@ -78,9 +77,8 @@ def test_a_pessimistic_prediction_raises_the_goal_to_use_the_time_left(monkeypat
 
 
 def test_a_raised_selection_that_runs_over_is_dropped_for_the_one_that_met(monkeypatch, tmp_path):
-    p, lat, scores, h, ratios = _first_selection(monkeypatch, tmp_path, -0.2, 0.2)
-    config = CompressConfig(target_flops=1.0, target_latency=0.6)
-    h2, ratios2, history = method_latency.correct_by_measurement(p, lat, scores, h, ratios, config, select, rounds=2)
+    p, lat, scores, h, ratios = _first_selection(monkeypatch, tmp_path, _gaps(-0.2, 0.2))
+    h2, ratios2, history = method_latency.correct_by_measurement(p, lat, scores, h, ratios, CONFIG, select, rounds=2)
     assert history[0]["measured_ratio"] <= 0.6 < history[1]["measured_ratio"]
     assert np.array_equal(h2, h) and ratios2 == ratios
 
@@ -88,12 +86,8 @@ def test_a_raised_selection_that_runs_over_is_dropped_for_the_one_that_met(monke
 def test_a_step_in_the_real_time_is_bracketed_by_bisection(monkeypatch, tmp_path):
     """Real time 0.1 under the prediction below 0.65 and 0.05 over it above (a SIMD step): raising
     the goal by the first gap overshoots the step, so the goal is bisected between the two."""
-    p, lat = _budget(monkeypatch, tmp_path)
-    monkeypatch.setattr(method_latency, "_measure", _fake_timer(p, lambda r: r - 0.1 if r < 0.65 else r + 0.05))
-    config = CompressConfig(target_flops=1.0, target_latency=0.6)
-    scores = np.linspace(1.0, 2.0, p.space.size)
-    h, ratios = select(p, scores, 1.0, extra=[(lat, 0.6)])
-    h2, _, history = method_latency.correct_by_measurement(p, lat, scores, h, ratios, config, select)
+    p, lat, scores, h, ratios = _first_selection(monkeypatch, tmp_path, lambda r: r - 0.1 if r < 0.65 else r + 0.05)
+    h2, _, history = method_latency.correct_by_measurement(p, lat, scores, h, ratios, CONFIG, select)
     measured = [r["measured_ratio"] for r in history]
     assert measured[0] <= 0.6 < measured[1]  # met, then the raised goal ran over
     assert 0.6 < history[2]["goal"] < history[1]["goal"]  # bisected between them
