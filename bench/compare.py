@@ -2,7 +2,7 @@
 
     python bench/compare.py [--models resnet20,vgg,mobilenet_v2] [--targets 0.5,0.3]
                             [--methods smof,smof_channel,...] [--calib 4096] [--epochs E]
-                            [--finetune-epochs F] [--latency-budget 3] [--quick]
+                            [--finetune-epochs F] [--latency-budget 3] [--method-seeds 0,1,2] [--quick]
 
 Models: :mod:`bench.fmnist_models` (trained once, cached): each method starts from the same
 trained ONNX export (Torch-Pruning from the torch module it was exported from).
@@ -33,6 +33,10 @@ params of the result; ONNX Runtime latency at batch 1 and 32 with 2 threads, mea
 order) with the speedup and the self-vs-self ratio (1.00 +- 0.03 means the machine was quiet);
 compress wall time (for the peers: the FLOPs bisection plus fine-tune). A method that fails
 (missing, not implemented, refused) is a row with its error; the table is always printed.
+``--method-seeds 0,1,2`` runs every learned method once per seed (smof's ``seed``, the peers'
+fine-tune seed; the base model and the calibration draw stay at ``--seed``) and adds a second
+table with each method's mean accuracy and its spread over the seeds: single runs of the same
+method differ by up to half a point here, more than some of the gaps between methods.
 The table is markdown on stdout; the rows, settings and environment go to
 ``bench/out/compare-<time>.json``.
 """
@@ -79,7 +83,7 @@ class Ctx:
     x: np.ndarray           # calibration images
     y: np.ndarray           # their labels
     args: argparse.Namespace
-    smof_epochs: dict = dataclasses.field(default_factory=dict)
+    seed: int = 0           # the method's seed (smof's seed, the peers' fine-tune seed)
 
 
 def log(msg: str) -> None:
@@ -110,7 +114,7 @@ def _compress(ctx: Ctx, method: str, data: bool = True, **options) -> tuple[onnx
     from smof_onnx.api import compress
 
     model, report = compress(ctx.base.onnx, data=_calib(ctx) if data else None, target_flops=ctx.target,
-                             method=method, seed=ctx.args.seed, **options)
+                             method=method, seed=ctx.seed, **options)
     return model, report.get("method", {}) | {"quality_val": report.get("quality")}
 
 
@@ -127,13 +131,13 @@ def effective_epochs(ctx: Ctx) -> tuple[int, int]:
 def _finetune_cfg(ctx: Ctx) -> peers.FinetuneConfig:
     search, ft = effective_epochs(ctx)
     lr = ctx.args.lr if ctx.args.lr is not None else peers.FinetuneConfig.lr
-    return peers.FinetuneConfig(epochs=search + ft, batch_size=ctx.args.batch_size, lr=lr, seed=ctx.args.seed)
+    return peers.FinetuneConfig(epochs=search + ft, batch_size=ctx.args.batch_size, lr=lr, seed=ctx.seed)
 
 
 def _tp(ctx: Ctx, round_to: int | None) -> tuple[onnx.ModelProto, dict]:
     import torch
 
-    torch.manual_seed(ctx.args.seed)
+    torch.manual_seed(ctx.seed)
     return peers.torch_pruning(ctx.base.module, ctx.target, export=fm.export_onnx, x=ctx.x, y=ctx.y,
                                finetune_cfg=_finetune_cfg(ctx), round_to=round_to,
                                log=log if ctx.args.progress else None)
@@ -180,8 +184,8 @@ def _short(exc: BaseException) -> str:
 
 
 def run_row(name: str, ctx: Ctx, x_test, y_test) -> dict:
-    row: dict[str, Any] = {"model": ctx.kind, "target": ctx.target, "method": name}
-    log(f"[{ctx.kind} @ {ctx.target:g}] {name} ...")
+    row: dict[str, Any] = {"model": ctx.kind, "target": ctx.target, "method": name, "seed": ctx.seed}
+    log(f"[{ctx.kind} @ {ctx.target:g}] {name} (seed {ctx.seed}) ...")
     start = time.perf_counter()
     try:
         model, settings = METHOD_RUNNERS[name](ctx)
@@ -200,7 +204,7 @@ def run_row(name: str, ctx: Ctx, x_test, y_test) -> dict:
     if ctx.args.save_models:
         d = OUT_DIR / "models"
         d.mkdir(parents=True, exist_ok=True)
-        onnx.save(model, str(d / f"{ctx.kind}-{ctx.target:g}-{name}.onnx"))
+        onnx.save(model, str(d / f"{ctx.kind}-{ctx.target:g}-{name}-s{ctx.seed}.onnx"))
     log(f"    acc {row.get('accuracy', float('nan')):.4f} flops {row.get('flops_ratio', float('nan')):.3f} "
         f"in {row['compress_s']:.1f}s")
     return row
@@ -235,13 +239,16 @@ def _fmt_lat(row: dict, batch: int) -> tuple[str, str]:
 
 def table(rows: list[dict], batches: list[int]) -> str:
     base_acc = {r["model"]: r.get("accuracy") for r in rows if r["method"] == "original"}
-    head = ["model", "target", "method", "acc %", "drop pts", "FLOPs", "params"]
+    seeded = len({r.get("seed", 0) for r in rows}) > 1
+    head = ["model", "target", "method"] + (["seed"] if seeded else []) + ["acc %", "drop pts", "FLOPs", "params"]
     for b in batches:
         head += [f"b{b} ms orig -> this", f"b{b} speedup (self)"]
     head += ["compress s", "note"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:
         cells = [r["model"], "-" if r["method"] == "original" else f"{r['target']:g}", r["method"]]
+        if seeded:
+            cells.append("" if r["method"] == "original" else str(r.get("seed", 0)))
         if "accuracy" in r:
             ref = base_acc.get(r["model"])
             drop = "" if ref is None or r["method"] == "original" else f"{100 * (ref - r['accuracy']):.2f}"
@@ -253,6 +260,29 @@ def table(rows: list[dict], batches: list[int]) -> str:
         cells.append("" if r["method"] == "original" else f"{r.get('compress_s', 0):.1f}")
         cells.append(_note(r))
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def seed_summary(rows: list[dict]) -> str:
+    """Mean accuracy per model, target and method over its seeds, with the spread (min-max) and
+    the mean FLOPs and batch-32 speedup; empty when every method ran one seed."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["method"] != "original" and "accuracy" in r:
+            groups.setdefault((r["model"], r["target"], r["method"]), []).append(r)
+    if all(len(g) < 2 for g in groups.values()):
+        return ""
+    base_acc = {r["model"]: r.get("accuracy") for r in rows if r["method"] == "original"}
+    lines = ["| model | target | method | seeds | mean acc % | mean drop pts | min - max acc % | mean FLOPs | "
+             "mean b32 speedup |", "|---|---|---|---|---|---|---|---|---|"]
+    for (model, target, method), g in groups.items():
+        acc = np.array([100 * r["accuracy"] for r in g])
+        ref = base_acc.get(model)
+        drop = "" if ref is None else f"{100 * ref - acc.mean():.2f}"
+        speed = [r["latency_b32"]["speedup"] for r in g if r.get("latency_b32")]
+        lines.append(f"| {model} | {target:g} | {method} | {len(g)} | {acc.mean():.2f} | {drop} | "
+                     f"{acc.min():.2f} - {acc.max():.2f} | {np.mean([r['flops_ratio'] for r in g]):.3f} | "
+                     + (f"{np.mean(speed):.2f}x" if speed else "") + " |")
     return "\n".join(lines)
 
 
@@ -289,7 +319,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--finetune-epochs", type=int, default=None, help="smof fine-tune epochs (default: smof's)")
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="base models, calibration draw and the methods' seed")
+    ap.add_argument("--method-seeds", default=None,
+                    help="comma-separated seeds: run every method once per seed (base model and data stay at --seed)")
     ap.add_argument("--base-epochs", type=int, default=None, help="training epochs of the base models")
     ap.add_argument("--test-images", type=int, default=10000)
     ap.add_argument("--wanda-images", type=int, default=512, help="calibration images for onnxsim wanda")
@@ -303,7 +335,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--traceback", action="store_true", help="print the traceback of a failing method")
     ap.add_argument("--save-models", action="store_true", help="write every result to bench/out/models/")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default bench/out/compare-<time>.json)")
-    ap.add_argument("--table-from", type=Path, default=None, help="only print the table of a saved JSON run")
+    ap.add_argument("--table-from", type=Path, nargs="+", default=None,
+                    help="only print the table of saved JSON run(s); several runs of the same models and base "
+                         "models (e.g. other --method-seeds) are merged into one table")
     args = ap.parse_args(argv)
     if args.quick:
         given = set(a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:]))
@@ -318,10 +352,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.targets = [float(t) for t in args.targets.split(",") if t]
     args.methods = [m for m in args.methods.split(",") if m and m != "original"]
     args.batches = [int(b) for b in args.batches.split(",") if b]
+    args.method_seeds = ([int(s) for s in args.method_seeds.split(",") if s] if args.method_seeds
+                         else [args.seed])
     unknown = sorted(set(args.methods) - set(ALL_METHODS)) + sorted(set(args.models) - set(fm.KINDS))
     if unknown:
         ap.error(f"unknown method(s) / model(s): {unknown}")
     return args
+
+
+def merge_runs(runs: list[dict]) -> tuple[list[str], list[dict]]:
+    """(commands, rows) of saved runs: one ``original`` row per model and one row per model,
+    target, method and seed (the first run's; rows of runs before ``--method-seeds`` carry the
+    run's ``--seed``).
+    Runs whose base models differ (another ``--seed`` or ``--base-epochs``) are refused: their
+    accuracies are not comparable."""
+    bases: dict[str, Any] = {}
+    rows: list[dict] = []
+    seen: set[tuple] = set()
+    for run in runs:
+        for kind, info in run.get("base_models", {}).items():
+            if bases.setdefault(kind, info) != info:
+                raise SystemExit(f"--table-from: the runs trained different base {kind} models; not merged")
+        for r in run["rows"]:
+            r = {"seed": run.get("args", {}).get("seed", 0), **r}
+            key = (r["model"],) if r["method"] == "original" else (r["model"], r["target"], r["method"], r["seed"])
+            if key not in seen:
+                seen.add(key)
+                rows.append(r)
+    order = {k: i for i, k in enumerate(dict.fromkeys(r["model"] for r in rows))}
+    rows.sort(key=lambda r: (order[r["model"]], r["method"] != "original", -r["target"], r.get("seed", 0)))
+    return [run["command"] for run in runs], rows
 
 
 def environment(args) -> dict:
@@ -345,9 +405,11 @@ def environment(args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.table_from:
-        saved = json.loads(args.table_from.read_text())
-        batches = [int(k[len("latency_b"):]) for k in saved["rows"][0] if k.startswith("latency_b")]
-        print(f"`{saved['command']}`\n\n" + table(saved["rows"], batches))
+        commands, rows = merge_runs([json.loads(p.read_text()) for p in args.table_from])
+        batches = [int(k[len("latency_b"):]) for k in rows[0] if k.startswith("latency_b")]
+        summary = seed_summary(rows)
+        print("\n".join(f"`{c}`" for c in commands) + "\n\n" + table(rows, batches)
+              + ("\n\n" + summary if summary else ""))
         return 0
     import torch
 
@@ -367,11 +429,15 @@ def main(argv: list[str] | None = None) -> int:
         orig.update(measure(base.onnx, base.onnx, x_test, y_test, args))
         rows.append(orig)
         for target in args.targets:
-            ctx = Ctx(kind, base, target, x_cal, y_cal, args)
-            for name in args.methods:
-                rows.append(run_row(name, ctx, x_test, y_test))
+            for seed in args.method_seeds:
+                ctx = Ctx(kind, base, target, x_cal, y_cal, args, seed)
+                for name in args.methods:
+                    rows.append(run_row(name, ctx, x_test, y_test))
     total = time.perf_counter() - started
     text = table(rows, args.batches)
+    summary = seed_summary(rows)
+    if summary:
+        text += "\n\nOver the seeds " + ",".join(map(str, args.method_seeds)) + ":\n\n" + summary
     header = (f"`{command}`  \nFashion-MNIST, {len(x_test)} test images; {len(x_cal)} calibration images; "
               f"ONNX Runtime {args.threads} threads; latency speedups vs the original with self-vs-self ratio "
               f"in parentheses; total {total / 60:.1f} min")
