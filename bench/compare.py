@@ -237,8 +237,12 @@ def _fmt_lat(row: dict, batch: int) -> tuple[str, str]:
     return f"{lat['before']:.2f} -> {lat['after']:.2f}", f"{lat['speedup']:.2f}x ({lat['self_ratio']:.2f})"
 
 
+def _original_accuracy(rows: list[dict]) -> dict[str, float | None]:
+    return {r["model"]: r.get("accuracy") for r in rows if r["method"] == "original"}
+
+
 def table(rows: list[dict], batches: list[int]) -> str:
-    base_acc = {r["model"]: r.get("accuracy") for r in rows if r["method"] == "original"}
+    base_acc = _original_accuracy(rows)
     seeded = len({r.get("seed", 0) for r in rows}) > 1
     head = ["model", "target", "method"] + (["seed"] if seeded else []) + ["acc %", "drop pts", "FLOPs", "params"]
     for b in batches:
@@ -272,7 +276,7 @@ def seed_summary(rows: list[dict]) -> str:
             groups.setdefault((r["model"], r["target"], r["method"]), []).append(r)
     if all(len(g) < 2 for g in groups.values()):
         return ""
-    base_acc = {r["model"]: r.get("accuracy") for r in rows if r["method"] == "original"}
+    base_acc = _original_accuracy(rows)
     lines = ["| model | target | method | seeds | mean acc % | mean drop pts | min - max acc % | mean FLOPs | "
              "mean b32 speedup |", "|---|---|---|---|---|---|---|---|---|"]
     for (model, target, method), g in groups.items():
