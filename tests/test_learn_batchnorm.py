@@ -78,8 +78,8 @@ def test_recalibrate_sets_running_statistics_to_the_data_average():
         module.set_normalizer("c1", None)    # raw conv1 output: its statistics are the running ones
         module(x)
     raw = seen["c1"].double()
-    assert torch.allclose(norm.rm, raw.mean((0, 2, 3)), atol=1e-5)
-    assert torch.allclose(norm.rv, raw.var((0, 2, 3), unbiased=False), atol=1e-5)
+    assert torch.allclose(norm.rm.double(), raw.mean((0, 2, 3)), atol=1e-5)
+    assert torch.allclose(norm.rv.double(), raw.var((0, 2, 3), unbiased=False), atol=1e-5)
     assert not torch.allclose(drifted, norm.rm, atol=1e-3)
 
 
@@ -101,3 +101,34 @@ def test_a_dropped_channel_stays_exactly_zero_after_the_normaliser():
     dropped = [c for c, g in enumerate(idx) if g in fam.gates[:3]]
     assert dropped
     assert float(seen["t"].detach().select(axis, dropped[0]).abs().max()) == 0.0
+
+
+def test_the_normaliser_is_the_batch_norm_formula_and_pools_batches_of_any_size():
+    from smof_onnx.learn.batchnorm import _Stats
+
+    norm = _Stats(4, 1e-5, 0.1)
+    with torch.no_grad():
+        norm.gamma.copy_(torch.tensor([1.0, 2.0, 0.5, -1.0]))
+        norm.beta.copy_(torch.tensor([0.0, 1.0, -1.0, 3.0]))
+    y = torch.randn(6, 4, 5, 5, generator=torch.Generator().manual_seed(0)) * 3 + 1
+    var, mean = torch.var_mean(y.double(), [0, 2, 3], unbiased=False)
+    expected = ((y.double() - mean.reshape(1, -1, 1, 1)) / torch.sqrt(var + 1e-5).reshape(1, -1, 1, 1)
+                * norm.gamma.double().reshape(1, -1, 1, 1) + norm.beta.double().reshape(1, -1, 1, 1))
+    assert _rel(norm(y, True).double(), expected) < 1e-5
+    norm.mode = "collect"                     # statistics pooled over unequal batches, one of one value
+    for part in (y[:5], y[5:], y[5:, :, :1, :1]):
+        norm(part, False)
+    norm.take_stats()
+    pooled = torch.stack([torch.cat([y[:, c].reshape(-1), y[5:, c, :1, :1].reshape(-1)]) for c in range(4)]).double()
+    assert torch.allclose(norm.rm.double(), pooled.mean(1), atol=1e-5)
+    assert torch.allclose(norm.rv.double(), pooled.var(1, unbiased=False), atol=1e-4)
+
+
+def test_a_single_value_per_channel_trains_without_error():
+    from smof_onnx.learn.batchnorm import _Stats
+
+    norm = _Stats(3, 1e-5, 0.1)
+    with torch.no_grad():
+        norm.beta.copy_(torch.tensor([0.5, -1.0, 2.0]))
+    out = norm(torch.randn(1, 3, 1, 1), True)   # a last batch of one sample on a 1x1 map
+    assert torch.equal(out.reshape(-1), norm.beta.detach())   # zero variance: only the shift is left

@@ -32,6 +32,7 @@ from typing import Iterable, Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 __all__ = ["TrainBatchNorm"]
 
@@ -42,46 +43,58 @@ class _Stats(nn.Module):
         self.eps, self.momentum = eps, momentum
         self.gamma = nn.Parameter(torch.ones(channels))
         self.beta = nn.Parameter(torch.zeros(channels))
-        self.register_buffer("rm", torch.zeros(channels, dtype=torch.float64))
-        self.register_buffer("rv", torch.ones(channels, dtype=torch.float64))
+        self.register_buffer("rm", torch.zeros(channels))
+        self.register_buffer("rv", torch.ones(channels))
         self.mode = "normalise"           # or "collect": accumulate statistics, pass y through
-        self.acc: torch.Tensor | None = None  # rows: sum, sum of squares, count (per channel)
-
-    def _dims(self, y: torch.Tensor) -> list[int]:
-        return [d for d in range(y.ndim) if d != 1]
-
-    def _shape(self, y: torch.Tensor) -> list[int]:
-        return [1, -1] + [1] * (y.ndim - 2)
+        self.parts: list[tuple[torch.Tensor, torch.Tensor, int]] = []  # per batch: mean, var, count
 
     def forward(self, y: torch.Tensor, training: bool) -> torch.Tensor:
-        dims, shape = self._dims(y), self._shape(y)
+        # The fused kernel F.batch_norm: forward + backward about 3x faster than var_mean and
+        # elementwise ops at 28x28 (ResNet-20 steps 20% faster). It wants the statistics in the
+        # input's dtype, keeps the unbiased variance as running variance, and refuses a single
+        # value per channel (a last batch of one sample on a 1x1 map), which var_mean handles.
+        n = y.numel() // max(1, y.shape[1])
         if self.mode == "collect":
             with torch.no_grad():
-                yd = y.detach().double()
-                n = y.numel() // y.shape[1]
-                part = torch.stack([yd.sum(dims), (yd * yd).sum(dims), yd.new_full((y.shape[1],), n)])
-                self.acc = part if self.acc is None else self.acc + part
-            if training:
-                return self._normalise(y, *torch.var_mean(y, dims, unbiased=False), shape)
-            return y
-        if training:
-            var, mean = torch.var_mean(y, dims, unbiased=False)
-            with torch.no_grad():
-                self.rm.mul_(1 - self.momentum).add_(self.momentum * mean.detach().double())
-                self.rv.mul_(1 - self.momentum).add_(self.momentum * var.detach().double())
-            return self._normalise(y, var, mean, shape)
-        return self._normalise(y, self.rv.to(y.dtype), self.rm.to(y.dtype), shape)
+                if n > 1:
+                    mean, var = torch.zeros_like(self.rm), torch.ones_like(self.rv)
+                    out = F.batch_norm(y.to(self.rm.dtype), mean, var, self.gamma, self.beta, True, 1.0, self.eps)
+                    var = var * ((n - 1) / n)
+                else:
+                    var, mean = torch.var_mean(y, self._dims(y), unbiased=False)
+                    out = self._normalise(y, var, mean)
+                if n > 0:
+                    self.parts.append((mean.double(), var.double(), n))
+            return out.to(y.dtype) if training else y
+        if training and n < 2:
+            return self._normalise(y, *torch.var_mean(y, self._dims(y), unbiased=False))
+        out = F.batch_norm(y.to(self.rm.dtype), self.rm, self.rv, self.gamma, self.beta, training, self.momentum,
+                           self.eps)
+        return out.to(y.dtype)
 
-    def _normalise(self, y, var, mean, shape):
+    @staticmethod
+    def _dims(y: torch.Tensor) -> list[int]:
+        return [d for d in range(y.ndim) if d != 1]
+
+    def _normalise(self, y, var, mean):
+        shape = [1, -1] + [1] * (y.ndim - 2)
         scale = self.gamma / torch.sqrt(var + self.eps)
         return (y - mean.reshape(shape)) * scale.reshape(shape) + self.beta.reshape(shape)
 
     def take_stats(self) -> None:
-        total, sq, n = self.acc
-        mean = total / n
-        self.rm.copy_(mean)
-        self.rv.copy_((sq / n - mean * mean).clamp_min(0))
-        self.acc = None
+        """Running statistics := the pooled mean and (biased) variance of the collected batches,
+        combined in float64."""
+        if not self.parts:
+            return
+        counts = torch.tensor([n for _, _, n in self.parts], dtype=torch.float64).reshape(-1, 1)
+        means = torch.stack([m for m, _, _ in self.parts])
+        variances = torch.stack([v for _, v, _ in self.parts])
+        total = counts.sum()
+        mean = (counts * means).sum(0) / total
+        var = (counts * (variances + (means - mean) ** 2)).sum(0) / total
+        self.rm.copy_(mean.to(self.rm.dtype))
+        self.rv.copy_(var.to(self.rv.dtype))
+        self.parts = []
 
 
 class TrainBatchNorm:
@@ -119,6 +132,19 @@ class TrainBatchNorm:
     def __len__(self) -> int:
         return len(self.norms)
 
+    @torch.no_grad()
+    def dead_channel_masks(self) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        """(``beta``, keep mask) per normaliser: 0 where the conv's output channel is dead (its
+        filter and bias exactly 0). Such a channel is 0 before the normaliser and ``beta`` after
+        it, so ``beta`` must stay 0 for the channel to stay dead (and be cut)."""
+        out = []
+        for tensor, (weight, bias) in self.convs.items():
+            w, b = self.module.parameter(weight), self.module.parameter(bias)
+            dead = (w.reshape(w.shape[0], -1) == 0).all(1) & (b == 0)
+            beta = self.norms[self._keys[tensor]].beta
+            out.append((beta, (~dead).to(beta.dtype)))
+        return out
+
     def _normaliser(self, norm: _Stats):
         return lambda y: norm(y, self.module.training)
 
@@ -127,7 +153,7 @@ class TrainBatchNorm:
         was = self.module.training
         self.module.train(training)
         for norm in self.norms.values():
-            norm.mode, norm.acc = "collect", None
+            norm.mode, norm.parts = "collect", []
         try:
             seen = False
             for feeds in batches:
@@ -138,7 +164,7 @@ class TrainBatchNorm:
                     norm.take_stats()
         finally:
             for norm in self.norms.values():
-                norm.mode, norm.acc = "normalise", None
+                norm.mode, norm.parts = "normalise", []
             self.module.train(was)
 
     def recalibrate(self, batches: Iterable[Sequence[torch.Tensor]]) -> None:
@@ -152,9 +178,9 @@ class TrainBatchNorm:
         for tensor, (weight, bias) in self.convs.items():
             norm = self.norms[self._keys[tensor]]
             w, b = self.module.parameter(weight), self.module.parameter(bias)
-            s = norm.gamma.double() / torch.sqrt(norm.rv + norm.eps)
+            s = norm.gamma.double() / torch.sqrt(norm.rv.double() + norm.eps)
             w.copy_((w.double() * s.reshape([-1] + [1] * (w.ndim - 1))).to(w.dtype))
-            b.copy_(((b.double() - norm.rm) * s + norm.beta.double()).to(b.dtype))
+            b.copy_(((b.double() - norm.rm.double()) * s + norm.beta.double()).to(b.dtype))
             self.module.set_normalizer(tensor, None)
         del self.module.train_norms
         self.norms = nn.ModuleDict()

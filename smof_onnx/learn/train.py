@@ -10,7 +10,9 @@ Losses (per graph output o, student s = the gated model, teacher t = the origina
 Each batch is extended by convex mixes of its own samples whose targets the teacher computes
 (:func:`make_batch`): distillation needs no labels, so this multiplies a small calibration
 set without domain-specific augmentation (measured on the default model at 0.5 FLOPs from
-461 images: 91.4% test accuracy with mixing, 90.2% without).
+461 images: 91.4% test accuracy with mixing, 90.2% without). With 4096 images it still pays,
+though less: bench models at 0.5 FLOPs, 2 + 6 epochs, seeds 0-2, ResNet-20 91.39% with mixing
+against 91.18% without, VGG 90.48% against 90.45%; a run without mixing takes 57% of the time.
 
 Search (``epochs`` passes over the training split), with the weights training all along:
 1. *Prior*: a few batches (no weight update) of a random projection ``sum_o <r_o, s_o>``
@@ -360,7 +362,11 @@ def finetune_fixed(model: onnx.ModelProto, data, epochs: int, *, lr: float | Non
     affine / PRelu, see :class:`OnnxModule`) keeping every weight that is exactly 0 at 0.
 
     For methods that zero weights themselves (``qr``, ``l2``): the zero pattern is the mask, so
-    the cut removes the same things afterwards. Loss: distillation from ``teacher``'s outputs
+    the cut removes the same things afterwards. Like smof's fine-tune, it trains with a
+    train-mode BN after every conv that has a bias (:func:`attach_batchnorm`), folded back at the
+    end: zeros inside a filter stay 0 (the fold scales whole filters), a dead channel (filter
+    and bias 0) keeps its BN shift at 0 and so stays dead, and the bias of a live channel may
+    move off 0. Loss: distillation from ``teacher``'s outputs
     (default: ``model`` itself, as it is before training) with the batch mixing of
     :func:`make_batch`, plus cross-entropy when ``data`` has labels; Adam, cosine lr (default
     1e-3), ``epochs`` passes, ``threads`` PyTorch threads (:func:`torch_threads`). Zeros are
@@ -385,6 +391,9 @@ def finetune_fixed(model: onnx.ModelProto, data, epochs: int, *, lr: float | Non
         student = OnnxModule(model).eval()
         params = [p for _, p in student.named_onnx_parameters()]
         keep = [(p, (p.detach() != 0).to(p.dtype)) for p in params if p.is_floating_point()]
+        bn = attach_batchnorm(student, calib, settings)
+        if bn is not None:
+            keep += bn.dead_channel_masks()
 
         def mask(when: str) -> None:
             with torch.no_grad():
@@ -395,6 +404,7 @@ def finetune_fixed(model: onnx.ModelProto, data, epochs: int, *, lr: float | Non
                         p.mul_(m)
 
         _fit(student, calib, targets, settings, teacher_module, "fine-tune (zeros fixed)", {}, mask)
+        fold_batchnorm(bn, student, calib, settings)
         return student.state_to_onnx(model)
 
 
