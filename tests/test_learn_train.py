@@ -159,6 +159,14 @@ def test_finetune_fixed_keeps_zeros_at_zero_and_reduces_the_loss():
     h[list(p.space.families[1].gates[:8])] = 0
     h[[g.index for g in p.space.kernel if g.node == "conv2"]] = 0
     zeroed = p.space.apply(p.model, h)
+    # and conv2's filter 0 with its bias: no ReLU between conv2 and the residual Add, so only
+    # the BN shift held at 0 keeps that output channel at 0
+    conv2 = next(n for n in zeroed.graph.node if n.name == "conv2")
+    for init in zeroed.graph.initializer:
+        if init.name in conv2.input[1:3]:
+            arr = numpy_helper.to_array(init).copy()
+            arr[0] = 0
+            init.CopyFrom(numpy_helper.from_array(arr, init.name))
     arrays = {"x": data.inputs["x"], "labels": labels}
     tuned = train.finetune_fixed(zeroed, arrays, 8, lr=3e-3, batch_size=16, progress_bars=False)
     before = {i.name: numpy_helper.to_array(i) for i in zeroed.graph.initializer}
