@@ -52,7 +52,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 for p in (ROOT, ROOT / "bench"):
@@ -267,9 +267,9 @@ def table(rows: list[dict], batches: list[int]) -> str:
     return "\n".join(lines)
 
 
-def seed_summary(rows: list[dict]) -> str:
-    """Mean accuracy per model, target and method over its seeds, with the spread (min-max) and
-    the mean FLOPs and batch-32 speedup; empty when every method ran one seed."""
+def seed_summary(rows: list[dict], batches: Sequence[int] = (32,)) -> str:
+    """Mean accuracy per model, target and method over its seeds, with the spread (min-max), the
+    mean FLOPs and the mean speedup at each of ``batches``; empty when every method ran one seed."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         if r["method"] != "original" and "accuracy" in r:
@@ -278,15 +278,19 @@ def seed_summary(rows: list[dict]) -> str:
         return ""
     base_acc = _original_accuracy(rows)
     lines = ["| model | target | method | seeds | mean acc % | mean drop pts | min - max acc % | mean FLOPs | "
-             "mean b32 speedup |", "|---|---|---|---|---|---|---|---|---|"]
+             + "".join(f"mean b{b} speedup | " for b in batches).rstrip(),
+             "|---|---|---|---|---|---|---|---|" + "---|" * len(batches)]
     for (model, target, method), g in groups.items():
         acc = np.array([100 * r["accuracy"] for r in g])
         ref = base_acc.get(model)
         drop = "" if ref is None else f"{100 * ref - acc.mean():.2f}"
-        speed = [r["latency_b32"]["speedup"] for r in g if r.get("latency_b32")]
+        speeds = []
+        for b in batches:
+            speed = [r[f"latency_b{b}"]["speedup"] for r in g if r.get(f"latency_b{b}")]
+            speeds.append(f"{np.mean(speed):.2f}x" if speed else "")
         lines.append(f"| {model} | {target:g} | {method} | {len(g)} | {acc.mean():.2f} | {drop} | "
                      f"{acc.min():.2f} - {acc.max():.2f} | {np.mean([r['flops_ratio'] for r in g]):.3f} | "
-                     + (f"{np.mean(speed):.2f}x" if speed else "") + " |")
+                     + "".join(f"{c} | " for c in speeds).rstrip())
     return "\n".join(lines)
 
 
@@ -411,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.table_from:
         commands, rows = merge_runs([json.loads(p.read_text()) for p in args.table_from])
         batches = [int(k[len("latency_b"):]) for k in rows[0] if k.startswith("latency_b")]
-        summary = seed_summary(rows)
+        summary = seed_summary(rows, batches)
         print("\n".join(f"`{c}`" for c in commands) + "\n\n" + table(rows, batches)
               + ("\n\n" + summary if summary else ""))
         return 0
@@ -439,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(run_row(name, ctx, x_test, y_test))
     total = time.perf_counter() - started
     text = table(rows, args.batches)
-    summary = seed_summary(rows)
+    summary = seed_summary(rows, args.batches)
     if summary:
         text += "\n\nOver the seeds " + ",".join(map(str, args.method_seeds)) + ":\n\n" + summary
     header = (f"`{command}`  \nFashion-MNIST, {len(x_test)} test images; {len(x_cal)} calibration images; "

@@ -3,7 +3,8 @@
 Specification:
 - ``--method-seeds`` is parsed into a list; without it the methods run once, at ``--seed``.
 - ``seed_summary`` gives one line per model, target and method with the mean accuracy over
-  its seeds, the drop against the original and the min - max spread; it is empty when every
+  its seeds, the drop against the original, the min - max spread and the mean speedup at each
+  latency batch asked for (a batch a row was not timed at stays blank); it is empty when every
   method ran once.
 - ``merge_runs`` keeps one ``original`` row per model and one row per model, target, method
   and seed (the first run's); rows saved before the seed column existed carry their run's
@@ -50,6 +51,15 @@ def test_seed_summary_means_and_spreads_per_method():
     cells = [c.strip() for c in smof.strip("|").split("|")]
     assert cells[3:7] == ["2", "90.30", "0.70", "90.00 - 90.60"]
     assert len(lines) == 4  # header, rule, smof, tp
+
+
+def test_seed_summary_has_a_speedup_column_per_batch():
+    rows = [_original(0.91), _row("smof", 0.900, 0), _row("smof", 0.906, 1)]
+    rows[1]["latency_b1"] = {"speedup": 1.2}
+    rows[2]["latency_b1"] = {"speedup": 1.4}
+    header, _, smof = compare.seed_summary(rows, [1, 32, 64]).splitlines()
+    assert header.endswith("| mean b1 speedup | mean b32 speedup | mean b64 speedup |")
+    assert [c.strip() for c in smof.strip("|").split("|")][-3:] == ["1.30x", "1.50x", ""]
 
 
 def test_seed_summary_is_empty_for_single_runs():
