@@ -23,7 +23,7 @@ from . import __version__
 from .errors import exit_code
 
 _METHOD_OPTIONS = ("epochs", "finetune_epochs", "lr", "batch_size", "val_split", "kernel", "channel",
-                   "channel_multiple", "target_latency", "bench_batch", "threads")
+                   "channel_multiple", "target_latency", "bench_batch", "threads", "feature_distill")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--bench-batch", type=int, help="batch size of latency measurements")
     m.add_argument("--threads", type=int, help="PyTorch threads while training (default: PyTorch's, one per core); "
                    "1 is faster when other jobs share the cores")
+    m.add_argument("--feature-distill", type=float, metavar="W",
+                   help="smof: weight of matching each stage's output to the original's (default 1.0, 0 turns it off)")
     p.set_defaults(handler=_compress)
 
     p = sub.add_parser("bench", parents=[common, shape], help="ONNX Runtime latency of one model, or two side by side")

@@ -73,6 +73,22 @@ def test_threads_reaches_the_method_and_zero_threads_is_exit_2(tmp_path, capsys,
     assert seen["threads"] == 1
 
 
+def test_feature_distill_reaches_the_method_and_a_negative_weight_is_exit_2(tmp_path, capsys, monkeypatch):
+    from smof_onnx import methods
+    from tests.test_learn_gates import tiny_cnn
+
+    src = tmp_path / "m.onnx"
+    onnx.save(tiny_cnn(), str(src))
+    out = tmp_path / "o.onnx"
+    assert main(["compress", str(src), "-o", str(out), "--method", "l2", "--feature-distill", "-1"]) == 2
+    assert "--feature-distill -1" in capsys.readouterr().err and not out.exists()
+    seen = {}
+    real = methods.METHODS["l2"]
+    monkeypatch.setitem(methods.METHODS, "l2", lambda m, **kw: seen.update(kw) or real(m, **kw))
+    assert main(["compress", str(src), "-o", str(out), "--method", "l2", "--feature-distill", "0"]) == 0
+    assert seen["feature_distill"] == 0
+
+
 @pytest.mark.parametrize("content,expect", [
     (None, "no such file"),
     (b"this is not a model\n" * 20, "not a readable ONNX model"),

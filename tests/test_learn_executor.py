@@ -201,6 +201,25 @@ def test_weight_transform_masks_a_kernel_border():
     assert np.any(initializer(module.state_to_onnx(), conv.input[1])[..., 0] != 0)  # raw values kept
 
 
+def test_taps_keep_intermediate_tensors_as_the_hooks_left_them():
+    model = zoo.export("vgg", "torchscript")
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    pool = next(n for n in model.graph.node if n.op_type == "MaxPool")
+    module = OnnxModule(model)
+    module.set_hook(conv.output[0], lambda t: t * 0)
+    module.set_taps([conv.output[0], pool.input[0]])
+    feeds = {k: torch.from_numpy(v) for k, v in random_inputs(model).items()}
+    module(**feeds)
+    assert set(module.tapped) == {conv.output[0], pool.input[0]}
+    assert float(module.tapped[conv.output[0]].abs().sum()) == 0.0  # after the hook
+    assert module.tapped[pool.input[0]].shape[0] == next(iter(feeds.values())).shape[0]
+    module.set_taps(())
+    module(**feeds)
+    assert module.tapped == {} and module.taps == frozenset()
+    with pytest.raises(KeyError, match="not node outputs"):
+        module.set_taps(["not_a_tensor"])
+
+
 def test_hook_and_transform_names_are_validated():
     module = OnnxModule(zoo.export("conv1d", "torchscript"))
     with pytest.raises(KeyError):

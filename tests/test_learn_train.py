@@ -1,7 +1,11 @@
 """The learning stage's pieces: losses, teacher outputs, fine-tune with masks fixed, quality."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+import onnx
+import onnx.parser
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -26,6 +30,56 @@ def test_distillation_is_zero_for_the_teacher_itself_and_positive_otherwise():
     assert float(train.task_loss(s, t, kinds, labels)) > float(loss)
 
 
+def test_feature_taps_are_the_inputs_of_the_nodes_that_lower_the_resolution():
+    model = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[N, 3, 16, 16] x) => (float[N, 4] y) <float[4, 3, 3, 3] w1, float[4, 4, 3, 3] w2, float[4, 4, 1, 1] w3> {
+            p0 = MaxPool <kernel_shape = [2, 2], strides = [2, 2]> (x)
+            c1 = Conv <pads = [1, 1, 1, 1]> (p0, w1)
+            r1 = Relu (c1)
+            c2 = Conv <pads = [1, 1, 1, 1], strides = [2, 2]> (r1, w2)
+            r2 = Relu (c2)
+            c3 = Conv (r2, w3)
+            p = GlobalAveragePool (c3)
+            y = Flatten (p)
+        }""")
+    # x feeds a pooling too, but it is a graph input: nothing of the student's to match there
+    assert train.feature_taps(model) == ["r1", "c3"]
+
+
+def test_feature_loss_is_zero_on_the_teacher_and_blind_to_removed_channels():
+    t = {"a": torch.randn(4, 3, 5, 5), "b": torch.randn(4, 6, 2, 2)}
+    assert float(train.feature_loss(t, t)) == pytest.approx(0.0, abs=1e-7)
+    s = {k: v.clone().requires_grad_(True) for k, v in t.items()}
+    with torch.no_grad():
+        s["a"][:, 1] = 0  # a channel the gates removed
+    loss = train.feature_loss(s, t)
+    assert float(loss.detach()) > 0
+    loss.backward()
+    assert float(s["b"].grad.abs().sum()) == 0.0  # equal tensors pull on nothing
+    assert float(s["a"].grad[:, [0, 2]].abs().sum()) == 0.0
+
+
+def test_make_batch_gives_the_teacher_taps_of_the_whole_mixed_batch():
+    p, data = _problem_and_data(n=16)
+    teacher_module, student = OnnxModule(p.model).eval(), OnnxModule(p.model).eval()
+    settings = train.TrainSettings(search_epochs=0, finetune_epochs=1, lr=1e-3, batch_size=8, seed=0,
+                                   progress=False, feature_weight=1.0)
+    taps = train.attach_feature_taps(student, teacher_module, p.model, settings)
+    assert taps == train.feature_taps(p.model) and taps and student.taps == teacher_module.taps == set(taps)
+    teacher = train.teacher_outputs(teacher_module, data, 8)
+    feeds, _, _, tapped = train.make_batch(student, data, np.arange(8), teacher, teacher_module,
+                                           torch.Generator().manual_seed(0), mix=True)
+    student(*feeds)  # the student is still the teacher: its taps equal the teacher's
+    assert set(tapped) == set(taps)
+    for name in taps:
+        assert tapped[name].shape[0] == 16  # 8 samples + 8 mixes
+        assert torch.allclose(student.tapped[name], tapped[name], atol=1e-5)
+    off = dataclasses.replace(settings, feature_weight=0.0)
+    a, b = OnnxModule(p.model), OnnxModule(p.model)
+    assert train.attach_feature_taps(a, b, p.model, off) == [] and not a.taps and not b.taps
+
+
 def test_make_settings_aims_at_a_fixed_number_of_steps():
     cfg = CompressConfig(batch_size=64)
     assert train.make_settings(cfg, 512).search_epochs == 38      # 8 steps per epoch
@@ -34,6 +88,8 @@ def test_make_settings_aims_at_a_fixed_number_of_steps():
     assert train.make_settings(cfg, 4096).finetune_epochs == 10
     fixed = train.make_settings(CompressConfig(epochs=2, finetune_epochs=0, lr=0.01), 512)
     assert (fixed.search_epochs, fixed.finetune_epochs, fixed.lr) == (2, 0, 0.01)
+    assert fixed.feature_weight == train.FEATURE_WEIGHT
+    assert train.make_settings(CompressConfig(feature_distill=0), 512).feature_weight == 0
 
 
 def _problem_and_data(n=48):

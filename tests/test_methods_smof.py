@@ -37,6 +37,8 @@ def test_compress_meets_the_target_and_reports_quality(target):
     q = report["quality"]
     assert q["metric"] == "top1_agreement" and 0 <= q["top1_agreement"] <= 1 and q["samples"] == 6
     assert report["method"]["flops_ratio_cut"] == pytest.approx(report["flops"]["ratio"])
+    # stage-output distillation is on by default: tiny_cnn's one stage output feeds its pooling
+    assert report["method"]["feature_distill"] == 1.0 and len(report["method"]["feature_taps"]) == 1
 
 
 def test_same_seed_same_bytes_and_another_seed_differs():
@@ -46,6 +48,13 @@ def test_same_seed_same_bytes_and_another_seed_differs():
     assert a.model.SerializeToString() == b.model.SerializeToString()
     assert a.choices == b.choices
     assert c.model.SerializeToString() != a.model.SerializeToString()
+
+
+def test_feature_distill_zero_trains_on_the_outputs_alone():
+    on = METHODS["smof"](tiny_cnn(), tiny_data(), target_flops=0.5, seed=1, **FAST)
+    off = METHODS["smof"](tiny_cnn(), tiny_data(), target_flops=0.5, seed=1, feature_distill=0, **FAST)
+    assert off.settings["feature_distill"] == 0 and off.settings["feature_taps"] == []
+    assert off.model.SerializeToString() != on.model.SerializeToString()
 
 
 def test_no_kernel_keeps_kernels_and_no_channel_keeps_channels():

@@ -163,6 +163,8 @@ class OnnxModule(nn.Module):
         self._hooks: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
         self._norms: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
         self._transforms: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+        self._taps: frozenset[str] = frozenset()
+        self.tapped: dict[str, torch.Tensor] = {}
         self._frees = self._last_uses()
 
     # ------------------------------------------------------------ construction helpers
@@ -237,6 +239,22 @@ class OnnxModule(nn.Module):
             raise KeyError(f"'{name}' is not a constant (initializer or Constant output) of the graph")
         self._set(self._transforms, name, fn)
 
+    def set_taps(self, names: Iterable[str]) -> None:
+        """Keep the value of each named node output (after its normaliser and hook) in
+        :attr:`tapped` at every forward, so a loss can read intermediate tensors the graph
+        frees. An empty ``names`` stops tapping."""
+        names = frozenset(names)
+        produced = {o for _, _, _, outs in self._steps for o in outs if o}
+        unknown = sorted(names - produced)
+        if unknown:
+            raise KeyError(f"taps that are not node outputs: {unknown}")
+        self._taps = names
+        self.tapped = {}
+
+    @property
+    def taps(self) -> frozenset[str]:
+        return self._taps
+
     def clear_hooks(self) -> None:
         self._hooks.clear()
         self._norms.clear()
@@ -258,6 +276,7 @@ class OnnxModule(nn.Module):
         for name in self.input_names:
             if name in self._hooks:
                 env[name] = self._hooks[name](env[name])
+        tapped: dict[str, torch.Tensor] = {}
         for (fn, ctx, ins, outs), frees in zip(self._steps, self._frees):
             result = fn(ctx, *[env[i] if i else None for i in ins])
             if not isinstance(result, tuple):
@@ -269,8 +288,11 @@ class OnnxModule(nn.Module):
                         value = norm(value)
                     hook = self._hooks.get(name)
                     env[name] = hook(value) if hook is not None else value
+                    if name in self._taps:
+                        tapped[name] = env[name]
             for name in frees:
                 env.pop(name, None)
+        self.tapped = tapped
         return tuple(env[o] for o in self.output_names)
 
     def _bind(self, inputs, named) -> dict[str, torch.Tensor]:

@@ -81,6 +81,7 @@ __all__ = ["TrainSettings", "torch_threads", "attach_batchnorm", "fold_batchnorm
            "teacher_outputs", "search", "finetune", "evaluate", "gate_costs", "finetune_fixed"]
 
 BN_SAMPLES = 4096  # calibration samples whose statistics set (and recalibrate) the train-mode BN
+FEATURE_WEIGHT = 1.0  # default weight of the stage-output distillation (module docstring)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +100,7 @@ class TrainSettings:
     channel_cost: float = 1.0
     temperature: float = 1.0
     batchnorm: bool = True
+    feature_weight: float = 0.0
 
 
 def attach_batchnorm(module, data: CalibrationData, settings: TrainSettings):
@@ -185,22 +187,34 @@ def task_loss(student, teacher, kinds, labels: torch.Tensor | None, temperature:
 
 
 def _batch_loss(module, data, batch, teacher, teacher_module, gen, kinds, settings):
-    """The training loss of one batch: distillation (+ cross-entropy with labels) on mixed inputs."""
-    feeds, target_out, labels = make_batch(module, data, batch, teacher, teacher_module, gen, settings.mix)
-    return task_loss(module(*feeds), target_out, kinds, labels, settings.temperature)
+    """The training loss of one batch: distillation (+ cross-entropy with labels) on mixed inputs,
+    plus ``feature_weight`` times :func:`feature_loss` when the modules tap features."""
+    feeds, target_out, labels, target_taps = make_batch(module, data, batch, teacher, teacher_module, gen,
+                                                        settings.mix)
+    loss = task_loss(module(*feeds), target_out, kinds, labels, settings.temperature)
+    if target_taps:
+        loss = loss + settings.feature_weight * feature_loss(module.tapped, target_taps)
+    return loss
 
 
 def make_batch(module, data: CalibrationData, idx: np.ndarray, teacher: list[torch.Tensor], teacher_module,
                gen: torch.Generator, mix: bool):
-    """(feeds, teacher outputs, labels) of one step. With ``mix``, the batch is extended by as many
-    convex mixes of its own samples (per-sample weight ~ U(0, 1)), whose targets the teacher
-    computes: distillation needs no labels, so interpolated inputs multiply a small calibration
-    set without assuming anything about the domain (no flips or crops)."""
+    """(feeds, teacher outputs, labels, teacher taps) of one step. With ``mix``, the batch is
+    extended by as many convex mixes of its own samples (per-sample weight ~ U(0, 1)), whose
+    targets the teacher computes: distillation needs no labels, so interpolated inputs multiply a
+    small calibration set without assuming anything about the domain (no flips or crops).
+    Teacher taps: the values of ``teacher_module.taps`` on the whole (extended) batch, ``{}``
+    when it taps nothing (:func:`attach_feature_taps`)."""
     feeds = _feeds(data, module.input_names, idx)
     target = [t[idx] for t in teacher]
     labels = _labels(data, idx)
+    tapped: dict[str, torch.Tensor] = {}
+    if teacher_module is not None and teacher_module.taps:
+        with torch.no_grad():
+            teacher_module(*feeds)
+        tapped = dict(teacher_module.tapped)
     if not mix or teacher_module is None or len(idx) < 2 or not all(f.is_floating_point() for f in feeds):
-        return feeds, target, labels
+        return feeds, target, labels, tapped
     n = len(idx)
     perm = torch.randperm(n, generator=gen)
     lam = torch.rand(n, generator=gen)
@@ -208,8 +222,47 @@ def make_batch(module, data: CalibrationData, idx: np.ndarray, teacher: list[tor
              for f in feeds]
     with torch.no_grad():
         mixed_t = [t.detach().float() for t in teacher_module(*mixed)]
+    tapped = {k: torch.cat([v, teacher_module.tapped[k]]) for k, v in tapped.items()}
     return ([torch.cat([f, m]) for f, m in zip(feeds, mixed)], [torch.cat([t, m]) for t, m in zip(target, mixed_t)],
-            labels)
+            labels, tapped)
+
+
+DOWNSAMPLING = frozenset({"MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"})
+
+
+def feature_taps(model: onnx.ModelProto) -> list[str]:
+    """The tensors feature distillation compares: the data input of every node that lowers the
+    resolution (a Conv with a stride above 1, a pooling), when a node makes it (not a graph
+    input). In a CNN these are the stage outputs: what the next stage reads, so matching them
+    leaves each stage free in how it gets there (inner channels may go), unlike matching
+    every layer."""
+    produced = {o for node in model.graph.node for o in node.output if o}
+    taps: list[str] = []
+    for node in model.graph.node:
+        strides = next((list(a.ints) for a in node.attribute if a.name == "strides"), [])
+        lowers = node.op_type in DOWNSAMPLING or (node.op_type == "Conv" and any(s > 1 for s in strides))
+        if lowers and node.input and node.input[0] in produced and node.input[0] not in taps:
+            taps.append(node.input[0])
+    return taps
+
+
+def attach_feature_taps(student, teacher_module, model: onnx.ModelProto, settings: TrainSettings) -> list[str]:
+    """Tap :func:`feature_taps` of ``model`` in both modules (built from ``model``) when
+    ``settings.feature_weight`` is above 0; returns the taps."""
+    if not settings.feature_weight or teacher_module is None:
+        return []
+    taps = feature_taps(model)
+    student.set_taps(taps)
+    teacher_module.set_taps(taps)
+    return taps
+
+
+def feature_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean over the taps of ``mean((s - t)^2) / mean(t^2)``. A channel the gates removed reads 0
+    in the student: its term is constant, so it pulls on nothing."""
+    terms = [((student[k].float() - t.float()) ** 2).mean() / (t.float().pow(2).mean() + 1e-8)
+             for k, t in teacher.items()]
+    return torch.stack(terms).mean()
 
 
 def gate_costs(problem: Problem, channel_cost: float = 1.0) -> np.ndarray:
@@ -478,4 +531,5 @@ def make_settings(config, n_samples: int, default_lr: float = 1e-3, target_steps
     return TrainSettings(search_epochs=auto if config.epochs is None else config.epochs,
                          finetune_epochs=auto_ft if config.finetune_epochs is None else config.finetune_epochs,
                          lr=config.lr or default_lr, batch_size=config.batch_size, seed=config.seed,
-                         progress=config.progress_bars)
+                         progress=config.progress_bars,
+                         feature_weight=FEATURE_WEIGHT if config.feature_distill is None else config.feature_distill)

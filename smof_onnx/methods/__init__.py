@@ -57,6 +57,8 @@ class CompressConfig:
     ``threads``: PyTorch's intra-op threads while a method trains (None: PyTorch's default, one
     per core). On this 2-core machine, with another process busy, training with the default's
     2 threads slowed from 5 to 0.25 steps/s (spin-waiting threads); ``threads=1`` avoids that.
+    ``feature_distill``: weight of smof's stage-output distillation (each stage's output matched
+    to the original's, :func:`smof_onnx.learn.train.feature_taps`; None: 1.0, 0: off).
     """
 
     target_flops: float = 0.5
@@ -72,6 +74,7 @@ class CompressConfig:
     channel_multiple: int = 0
     bench_batch: int = 32
     threads: int | None = None
+    feature_distill: float | None = None
     input_shapes: Mapping[str, Sequence[int]] | None = None
     progress_bars: bool = True
 
@@ -92,6 +95,8 @@ class CompressConfig:
             raise UsageError(f"--channel-multiple {self.channel_multiple}: must be >= 1, or 0 for the per-layer rule")
         if not 0 <= self.val_split < 1:
             raise UsageError(f"--val-split {self.val_split}: must be in [0, 1)")
+        if self.feature_distill is not None and not self.feature_distill >= 0:
+            raise UsageError(f"--feature-distill {self.feature_distill}: must be >= 0 (0 turns it off)")
         if self.lr is not None and self.lr <= 0:
             raise UsageError(f"--lr {self.lr}: must be > 0")
         if not (self.kernel or self.channel):

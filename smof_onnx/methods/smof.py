@@ -63,6 +63,7 @@ def run(model: onnx.ModelProto, data, config: CompressConfig) -> MethodResult:
         teacher_module = OnnxModule(problem.model).eval()
         teacher = train.teacher_outputs(teacher_module, train_set, settings.batch_size)
         student = OnnxModule(problem.model).eval()
+        taps = train.attach_feature_taps(student, teacher_module, problem.model, settings)
         bn = train.attach_batchnorm(student, train_set, settings)
         scores = train.search(problem, student, train_set, teacher, config.target_flops, settings, teacher_module,
                               latency=latency, latency_target=config.target_latency)
@@ -71,6 +72,7 @@ def run(model: onnx.ModelProto, data, config: CompressConfig) -> MethodResult:
         if latency is not None:
             h, ratios, corrections = correct_by_measurement(problem, latency, scores, h, ratios, config, select)
         train.finetune(problem, student, train_set, teacher, h, settings, teacher_module, bn)
+        teacher_module.set_taps(())
         trained = student.state_to_onnx(problem.model)
         zeroed = problem.space.apply(trained, h)
         quality = None
@@ -85,7 +87,8 @@ def run(model: onnx.ModelProto, data, config: CompressConfig) -> MethodResult:
                     "train_samples": len(train_set), "val_samples": 0 if val_set is None else len(val_set),
                     "gates": {"kernel": len(problem.space.kernel), "channel": len(problem.space.channel)},
                     "flops_ratio_estimated": ratios["estimated"], "flops_ratio_cut": ratios["cut"],
-                    "channel_cost": settings.channel_cost}
+                    "channel_cost": settings.channel_cost, "feature_distill": settings.feature_weight,
+                    "feature_taps": taps}
     if latency is not None:
         settings_out["latency"] = latency_report(problem, latency, zeroed, h, config)
         settings_out["latency"]["selection_rounds"] = corrections
