@@ -5,6 +5,7 @@ import dataclasses
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import onnx.parser
 import pytest
 
@@ -45,6 +46,25 @@ def test_feature_taps_are_the_inputs_of_the_nodes_that_lower_the_resolution():
         }""")
     # x feeds a pooling too, but it is a graph input: nothing of the student's to match there
     assert train.feature_taps(model) == ["r1", "c3"]
+
+
+def test_feature_taps_of_an_inverted_residual_are_what_the_block_reads():
+    model = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[N, 3, 16, 16] x) => (float[N, 8, 8, 8] y)
+          <float[4, 3, 3, 3] w1, float[8, 4, 1, 1] expand, float[8, 1, 3, 3] dw, float[8, 8, 3, 3] w4> {
+            c1 = Conv <pads = [1, 1, 1, 1]> (x, w1)
+            s = Relu (c1)
+            e = Conv (s, expand)
+            a = Clip (e)
+            d = Conv <group = 8, pads = [1, 1, 1, 1], strides = [2, 2]> (a, dw)
+            r = Relu (d)
+            y = Conv <pads = [1, 1, 1, 1], strides = [1, 1]> (r, w4)
+        }""")
+    shapes = {"w1": (4, 3, 3, 3), "expand": (8, 4, 1, 1), "dw": (8, 1, 3, 3), "w4": (8, 8, 3, 3)}
+    model.graph.initializer.extend(onnx.numpy_helper.from_array(np.ones(v, np.float32), k) for k, v in shapes.items())
+    # the expansion's 8 channels are inner ones: the stage output is s, what the block reads
+    assert train.feature_taps(model) == ["s"]
 
 
 def test_feature_loss_is_zero_on_the_teacher_and_blind_to_removed_channels():

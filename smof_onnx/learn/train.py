@@ -6,7 +6,16 @@ Losses (per graph output o, student s = the gated model, teacher t = the origina
   FLOPs from 4096 images, but 2.4 points worse than T = 1 on the short 6 + 6 epoch schedule
   of the 512-image test at 0.7 FLOPs: 86.75% vs 89.2%);
   other outputs: normalised MSE ``mean((s - t)^2) / mean(t^2)``;
-- plus cross-entropy on the first classifier output when labels are given.
+- plus cross-entropy on the first classifier output when labels are given;
+- plus ``feature_weight`` (``--feature-distill``, default :data:`FEATURE_WEIGHT` = 1) times
+  :func:`feature_loss` on the *stage outputs* (:func:`feature_taps`: what a strided Conv or a
+  pooling reads), student against teacher on the same (mixed) batch. The output loss alone
+  says only where the pruned network ends up; the stage outputs say where each stage should
+  hand over, which a small calibration set cannot teach through the logits alone. Measured on
+  the bench models at 0.5 FLOPs, 4096 images, 2 + 6 epochs, five seeds: VGG 90.90% against
+  90.55% without (every seed higher, the lowest 90.72 above the highest 90.70 without),
+  ResNet-20 91.50% against 91.32% (every seed higher, by 0.04 to 0.25); compress takes about
+  12% longer (one more teacher forward per step).
 Each batch is extended by convex mixes of its own samples whose targets the teacher computes
 (:func:`make_batch`): distillation needs no labels, so this multiplies a small calibration
 set without domain-specific augmentation (measured on the default model at 0.5 FLOPs from
@@ -78,7 +87,8 @@ from .masking import Masks
 from .select import Problem, _restore, _trim
 
 __all__ = ["TrainSettings", "torch_threads", "attach_batchnorm", "fold_batchnorm", "output_kinds",
-           "teacher_outputs", "search", "finetune", "evaluate", "gate_costs", "finetune_fixed"]
+           "teacher_outputs", "search", "finetune", "evaluate", "gate_costs", "finetune_fixed",
+           "feature_taps", "attach_feature_taps", "feature_loss"]
 
 BN_SAMPLES = 4096  # calibration samples whose statistics set (and recalibrate) the train-mode BN
 FEATURE_WEIGHT = 1.0  # default weight of the stage-output distillation (module docstring)
@@ -228,22 +238,44 @@ def make_batch(module, data: CalibrationData, idx: np.ndarray, teacher: list[tor
 
 
 DOWNSAMPLING = frozenset({"MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"})
+ACTIVATIONS = frozenset({"Relu", "LeakyRelu", "Clip", "HardSwish", "HardSigmoid", "Sigmoid", "Elu", "Selu", "Gelu",
+                         "Mish", "Tanh", "PRelu"})
 
 
 def feature_taps(model: onnx.ModelProto) -> list[str]:
-    """The tensors feature distillation compares: the data input of every node that lowers the
-    resolution (a Conv with a stride above 1, a pooling), when a node makes it (not a graph
-    input). In a CNN these are the stage outputs: what the next stage reads, so matching them
+    """The tensors feature distillation compares: the *stage outputs*, what the block that
+    lowers the resolution reads. That is the data input of every node that lowers it (a Conv
+    with a stride above 1, a pooling), or, where that input is the activation of a pointwise
+    (1x1, stride 1, ungrouped) Conv, the input of that Conv: an inverted residual expands the
+    stage output before its strided depthwise conv, and the expanded channels are the block's
+    inner channels. Only tensors that a node makes (not graph inputs). Matching stage outputs
     leaves each stage free in how it gets there (inner channels may go), unlike matching
     every layer."""
-    produced = {o for node in model.graph.node for o in node.output if o}
+    producer = {o: node for node in model.graph.node for o in node.output if o}
+    weights = {i.name: list(i.dims) for i in model.graph.initializer}
     taps: list[str] = []
     for node in model.graph.node:
-        strides = next((list(a.ints) for a in node.attribute if a.name == "strides"), [])
-        lowers = node.op_type in DOWNSAMPLING or (node.op_type == "Conv" and any(s > 1 for s in strides))
-        if lowers and node.input and node.input[0] in produced and node.input[0] not in taps:
-            taps.append(node.input[0])
+        lowers = node.op_type in DOWNSAMPLING or (node.op_type == "Conv" and any(s > 1 for s in _ints(node, "strides")))
+        if not lowers or not node.input:
+            continue
+        tap = _block_input(node.input[0], producer, weights)
+        if tap in producer and tap not in taps:
+            taps.append(tap)
     return taps
+
+
+def _block_input(x: str, producer: dict, weights: dict) -> str:
+    act = producer.get(x)
+    conv = producer.get(act.input[0]) if act is not None and act.op_type in ACTIVATIONS else None
+    if conv is None or conv.op_type != "Conv" or len(conv.input) < 2 or conv.input[1] not in weights:
+        return x
+    pointwise = (all(k == 1 for k in weights[conv.input[1]][2:]) and all(s == 1 for s in _ints(conv, "strides"))
+                 and next((a.i for a in conv.attribute if a.name == "group"), 1) == 1)
+    return conv.input[0] if pointwise else x
+
+
+def _ints(node: onnx.NodeProto, name: str) -> list[int]:
+    return next((list(a.ints) for a in node.attribute if a.name == name), [])
 
 
 def attach_feature_taps(student, teacher_module, model: onnx.ModelProto, settings: TrainSettings) -> list[str]:
