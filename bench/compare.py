@@ -13,6 +13,7 @@ Rows per model (``original`` once) and FLOPs target:
 smof            ``compress(method="smof")``: kernel-border + channel gates (issue 4)
 smof_channel    the same with ``kernel=False`` (``--no-kernel``): channels only
 smof_kernel     the same with ``channel=False`` (``--no-channel``): kernel borders only
+smof_outputs    ``smof`` with ``feature_distill=0``: output distillation only, no stage outputs
 qr              ``compress(method="qr")``: CHaPR pivoted QR + least squares, no training
 qr_ft           ``qr`` with ``finetune_epochs=F``
 l2              ``compress(method="l2")`` data-free (filter L2 norm, kernel-border energy)
@@ -67,7 +68,7 @@ import peers  # noqa: E402
 from models import fashion_mnist  # noqa: E402
 from passes.analysis.flops import count_cost  # noqa: E402
 
-ALL_METHODS = ("smof", "smof_channel", "smof_kernel", "smof_fast", "qr", "qr_ft", "l2", "l2_ft", "tp", "tp_r8", "onnxsim",
+ALL_METHODS = ("smof", "smof_channel", "smof_kernel", "smof_outputs", "smof_fast", "qr", "qr_ft", "l2", "l2_ft", "tp", "tp_r8", "onnxsim",
                "onnxsim_wanda")
 OUT_DIR = ROOT / "bench" / "out"
 # smof_fast adds --target-latency TARGET / SPEED_SHARE: the issue's speed goal (1.8x at 0.5 FLOPs)
@@ -151,6 +152,7 @@ METHOD_RUNNERS: dict[str, Callable[[Ctx], tuple[onnx.ModelProto, dict]]] = {
     "smof": lambda c: _compress(c, "smof", **_train_options(c)),
     "smof_channel": lambda c: _compress(c, "smof", kernel=False, **_train_options(c)),
     "smof_kernel": lambda c: _compress(c, "smof", channel=False, **_train_options(c)),
+    "smof_outputs": lambda c: _compress(c, "smof", feature_distill=0.0, **_train_options(c)),
     "smof_fast": lambda c: _compress(c, "smof", target_latency=min(1.0, c.target / SPEED_SHARE), **_train_options(c)),
     "qr": lambda c: _compress(c, "qr", batch_size=c.args.batch_size, finetune_epochs=0),
     "qr_ft": lambda c: _compress(c, "qr", batch_size=c.args.batch_size, finetune_epochs=_ft_epochs(c)),

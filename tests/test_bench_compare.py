@@ -78,3 +78,12 @@ def test_merge_keeps_one_row_per_seed_and_one_original():
 def test_merge_refuses_runs_of_different_base_models():
     with pytest.raises(SystemExit, match="different base vgg"):
         compare.merge_runs([_run([_original()]), _run([_original()], base="vgg-e4-s1")])
+
+
+def test_every_method_has_a_runner_and_smof_outputs_turns_the_stage_outputs_off(monkeypatch):
+    assert set(compare.ALL_METHODS) == set(compare.METHOD_RUNNERS)
+    seen = {}
+    monkeypatch.setattr(compare, "_compress", lambda ctx, method, **kw: seen.update(kw, method=method))
+    monkeypatch.setattr(compare, "_train_options", lambda ctx: {})
+    compare.METHOD_RUNNERS["smof_outputs"](None)
+    assert seen == {"method": "smof", "feature_distill": 0.0}
