@@ -165,6 +165,7 @@ class OnnxModule(nn.Module):
         self._transforms: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
         self._taps: frozenset[str] = frozenset()
         self.tapped: dict[str, torch.Tensor] = {}
+        self._node_outputs = frozenset(o for _, _, _, outs in self._steps for o in outs if o)
         self._frees = self._last_uses()
 
     # ------------------------------------------------------------ construction helpers
@@ -221,15 +222,13 @@ class OnnxModule(nn.Module):
 
     def set_hook(self, tensor_name: str, fn: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
         """Replace the intermediate tensor ``t`` by ``fn(t)`` (``None`` removes the hook)."""
-        produced = {o for _, _, _, outs in self._steps for o in outs if o} | set(self.input_names)
-        if tensor_name not in produced:
+        if tensor_name not in self._node_outputs and tensor_name not in self.input_names:
             raise KeyError(f"'{tensor_name}' is not a graph input or a node output")
         self._set(self._hooks, tensor_name, fn)
 
     def set_normalizer(self, tensor_name: str, fn: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
         """Replace the node output ``t`` by ``fn(t)`` before its hook (``None`` removes it)."""
-        produced = {o for _, _, _, outs in self._steps for o in outs if o}
-        if tensor_name not in produced:
+        if tensor_name not in self._node_outputs:
             raise KeyError(f"'{tensor_name}' is not a node output")
         self._set(self._norms, tensor_name, fn)
 
@@ -244,8 +243,7 @@ class OnnxModule(nn.Module):
         :attr:`tapped` at every forward, so a loss can read intermediate tensors the graph
         frees. An empty ``names`` stops tapping."""
         names = frozenset(names)
-        produced = {o for _, _, _, outs in self._steps for o in outs if o}
-        unknown = sorted(names - produced)
+        unknown = sorted(names - self._node_outputs)
         if unknown:
             raise KeyError(f"taps that are not node outputs: {unknown}")
         self._taps = names

@@ -84,6 +84,7 @@ import torch
 from torch.nn import functional as F
 
 from ..data import CalibrationData
+from .executor import _attrs
 from .masking import Masks
 from .select import Problem, _restore, _trim
 
@@ -256,7 +257,8 @@ def feature_taps(model: onnx.ModelProto) -> list[str]:
     weights = {i.name: list(i.dims) for i in model.graph.initializer}
     taps: list[str] = []
     for node in model.graph.node:
-        lowers = node.op_type in DOWNSAMPLING or (node.op_type == "Conv" and any(s > 1 for s in _ints(node, "strides")))
+        strides = _attrs(node).get("strides", [])
+        lowers = node.op_type in DOWNSAMPLING or (node.op_type == "Conv" and any(s > 1 for s in strides))
         if not lowers or not node.input:
             continue
         tap = _block_input(node.input[0], producer, weights)
@@ -270,13 +272,10 @@ def _block_input(x: str, producer: dict, weights: dict) -> str:
     conv = producer.get(act.input[0]) if act is not None and act.op_type in ACTIVATIONS else None
     if conv is None or conv.op_type != "Conv" or len(conv.input) < 2 or conv.input[1] not in weights:
         return x
-    pointwise = (all(k == 1 for k in weights[conv.input[1]][2:]) and all(s == 1 for s in _ints(conv, "strides"))
-                 and next((a.i for a in conv.attribute if a.name == "group"), 1) == 1)
+    attrs = _attrs(conv)
+    pointwise = (all(k == 1 for k in weights[conv.input[1]][2:]) and all(s == 1 for s in attrs.get("strides", []))
+                 and attrs.get("group", 1) == 1)
     return conv.input[0] if pointwise else x
-
-
-def _ints(node: onnx.NodeProto, name: str) -> list[int]:
-    return next((list(a.ints) for a in node.attribute if a.name == name), [])
 
 
 def attach_feature_taps(student, teacher_module, model: onnx.ModelProto, settings: TrainSettings) -> list[str]:
