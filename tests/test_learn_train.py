@@ -100,6 +100,23 @@ def test_make_batch_gives_the_teacher_taps_of_the_whole_mixed_batch():
     assert train.attach_feature_taps(a, b, p.model, off) == [] and not a.taps and not b.taps
 
 
+def test_attach_feature_taps_leaves_out_what_the_teacher_does_not_compute():
+    """A teacher that is another graph (a method's zeroed copy against the original) may lack
+    a stage output of the student's graph: that tap is left out, the rest are kept."""
+    p, _ = _problem_and_data(n=8)
+    taps = train.feature_taps(p.model)
+    renamed = onnx.ModelProto()
+    renamed.CopyFrom(p.model)
+    for node in renamed.graph.node:
+        node.output[:] = [o + "_t" if o == taps[0] else o for o in node.output]
+        node.input[:] = [i + "_t" if i == taps[0] else i for i in node.input]
+    settings = train.TrainSettings(search_epochs=0, finetune_epochs=1, lr=1e-3, batch_size=8, seed=0,
+                                   progress=False, feature_weight=1.0)
+    student, teacher_module = OnnxModule(p.model), OnnxModule(renamed)
+    kept = train.attach_feature_taps(student, teacher_module, p.model, settings)
+    assert kept == taps[1:] and student.taps == teacher_module.taps == set(taps[1:])
+
+
 def test_make_settings_aims_at_a_fixed_number_of_steps():
     cfg = CompressConfig(batch_size=64)
     assert train.make_settings(cfg, 512).search_epochs == 38      # 8 steps per epoch
@@ -276,3 +293,12 @@ def test_finetune_fixed_keeps_zeros_at_zero_and_reduces_the_loss():
     again = train.finetune_fixed(zeroed, arrays, 8, lr=3e-3, batch_size=16, progress_bars=False)
     assert again.SerializeToString() == tuned.SerializeToString()  # seeded
     assert train.finetune_fixed(zeroed, arrays, 0).SerializeToString() == zeroed.SerializeToString()
+
+    # with the stage outputs distilled too (from the original, which has the same tensor
+    # names): other weights, the same zeros
+    staged = train.finetune_fixed(zeroed, arrays, 8, lr=3e-3, batch_size=16, progress_bars=False,
+                                  teacher=p.model, feature_distill=1.0)
+    plain = train.finetune_fixed(zeroed, arrays, 8, lr=3e-3, batch_size=16, progress_bars=False, teacher=p.model)
+    assert train.feature_taps(zeroed)
+    assert staged.SerializeToString() != plain.SerializeToString()
+    assert cut_shapes(staged) == cut_shapes(zeroed)

@@ -88,6 +88,12 @@ def test_with_data_it_fine_tunes_and_reports_quality():
     assert tuned.settings["finetuned"] is True and tuned.quality["samples"] == 4
     assert tuned.choices == plain.choices  # same zeros, different surviving weights
     assert tuned.model.SerializeToString() != plain.model.SerializeToString()
+    # the fine-tune distils the stage outputs too, as smof does; --feature-distill 0 turns it off
+    assert tuned.settings["feature_distill"] == 1.0 and tuned.settings["feature_taps"]
+    outputs_only = METHODS["l2"](tiny_cnn(), data, target_flops=0.5, channel_multiple=1, finetune_epochs=2,
+                                 batch_size=8, progress_bars=False, feature_distill=0)
+    assert outputs_only.settings["feature_distill"] == 0 and outputs_only.settings["feature_taps"] == []
+    assert outputs_only.model.SerializeToString() != tuned.model.SerializeToString()
 
 
 def test_target_latency_meets_the_predicted_latency_and_reports_the_measured(monkeypatch, tmp_path):

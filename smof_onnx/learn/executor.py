@@ -253,6 +253,11 @@ class OnnxModule(nn.Module):
     def taps(self) -> frozenset[str]:
         return self._taps
 
+    @property
+    def node_outputs(self) -> frozenset[str]:
+        """Every tensor a node of the graph makes (what :meth:`set_taps` may name)."""
+        return self._node_outputs
+
     def clear_hooks(self) -> None:
         self._hooks.clear()
         self._norms.clear()

@@ -279,11 +279,12 @@ def _block_input(x: str, producer: dict, weights: dict) -> str:
 
 
 def attach_feature_taps(student, teacher_module, model: onnx.ModelProto, settings: TrainSettings) -> list[str]:
-    """Tap :func:`feature_taps` of ``model`` in both modules (built from ``model``) when
-    ``settings.feature_weight`` is above 0; returns the taps."""
+    """Tap :func:`feature_taps` of ``model`` (the student's graph) in both modules when
+    ``settings.feature_weight`` is above 0, leaving out a tap the teacher's graph does not
+    compute (a teacher that is another graph); returns the taps."""
     if not settings.feature_weight or teacher_module is None:
         return []
-    taps = feature_taps(model)
+    taps = [t for t in feature_taps(model) if t in teacher_module.node_outputs]
     student.set_taps(taps)
     teacher_module.set_taps(taps)
     return taps
@@ -447,7 +448,7 @@ def _fit(module, data: CalibrationData, teacher: list[torch.Tensor], settings: T
 
 def finetune_fixed(model: onnx.ModelProto, data, epochs: int, *, lr: float | None = None, batch_size: int = 64,
                    seed: int = 0, progress_bars: bool = True, teacher: onnx.ModelProto | None = None,
-                   input_shapes=None, threads: int | None = None) -> onnx.ModelProto:
+                   input_shapes=None, threads: int | None = None, feature_distill: float = 0.0) -> onnx.ModelProto:
     """Fine-tune every weighted parameter of ``model`` (Conv / ConvTranspose / Gemm / MatMul / BN
     affine / PRelu, see :class:`OnnxModule`) keeping every weight that is exactly 0 at 0.
 
@@ -458,7 +459,9 @@ def finetune_fixed(model: onnx.ModelProto, data, epochs: int, *, lr: float | Non
     and bias 0) keeps its BN shift at 0 and so stays dead, and the bias of a live channel may
     move off 0. Loss: distillation from ``teacher``'s outputs
     (default: ``model`` itself, as it is before training) with the batch mixing of
-    :func:`make_batch`, plus cross-entropy when ``data`` has labels; Adam, cosine lr (default
+    :func:`make_batch`, plus cross-entropy when ``data`` has labels, plus ``feature_distill``
+    times the stage-output loss (:func:`feature_taps` of ``model`` that ``teacher`` computes
+    too, :func:`feature_loss`; 0: off); Adam, cosine lr (default
     1e-3), ``epochs`` passes, ``threads`` PyTorch threads (:func:`torch_threads`). Zeros are
     kept by masking the gradients (Adam then never moves them: its moments stay 0) and
     re-zeroing after each step. ``data``: anything
@@ -473,12 +476,13 @@ def finetune_fixed(model: onnx.ModelProto, data, epochs: int, *, lr: float | Non
         out.CopyFrom(model)
         return out
     settings = TrainSettings(search_epochs=0, finetune_epochs=int(epochs), lr=lr or 1e-3, batch_size=batch_size,
-                             seed=seed, progress=progress_bars)
+                             seed=seed, progress=progress_bars, feature_weight=float(feature_distill))
     with torch.random.fork_rng(devices=[]), torch_threads(threads):
         torch.manual_seed(seed)
         teacher_module = OnnxModule(model if teacher is None else teacher).eval()
         targets = teacher_outputs(teacher_module, calib, batch_size)
         student = OnnxModule(model).eval()
+        attach_feature_taps(student, teacher_module, model, settings)
         params = [p for _, p in student.named_onnx_parameters()]
         keep = [(p, (p.detach() != 0).to(p.dtype)) for p in params if p.is_floating_point()]
         bn = attach_batchnorm(student, calib, settings)

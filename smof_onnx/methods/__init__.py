@@ -57,8 +57,9 @@ class CompressConfig:
     ``threads``: PyTorch's intra-op threads while a method trains (None: PyTorch's default, one
     per core). On this 2-core machine, with another process busy, training with the default's
     2 threads slowed from 5 to 0.25 steps/s (spin-waiting threads); ``threads=1`` avoids that.
-    ``feature_distill``: weight of smof's stage-output distillation (each stage's output matched
-    to the original's, :func:`smof_onnx.learn.train.feature_taps`; None: 1.0, 0: off).
+    ``feature_distill``: weight of the stage-output distillation (each stage's output matched
+    to the original's, :func:`smof_onnx.learn.train.feature_taps`; None: 1.0, 0: off) in the
+    training of smof and in the fine-tune of ``l2`` with data.
     """
 
     target_flops: float = 0.5

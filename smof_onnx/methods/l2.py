@@ -11,8 +11,11 @@ weight energy removed / share of the layer's FLOPs removed":
 The gates are then chosen by :func:`smof_onnx.learn.select.select` (trim / restore by score,
 the real cut counted) so the cut model meets ``target_flops``. With data (and torch
 installed), the weights are fine-tuned with the zeros fixed
-(:func:`smof_onnx.learn.train.finetune_fixed`, distilled from the original) and the quality is measured on
-the held-out split; without data the zeroed weights are returned as they are.
+(:func:`smof_onnx.learn.train.finetune_fixed`, distilled from the original's outputs and, as
+smof does, its stage outputs, weight ``feature_distill``) and the quality is measured on the
+held-out split; without data the zeroed weights are returned as they are. The stage outputs
+measured on the bench ResNet-20 at 0.5 FLOPs (4096 images, 8 epochs, seeds 0-2): 89.71%
+against 89.20% with the outputs alone, every seed higher.
 """
 from __future__ import annotations
 
@@ -120,10 +123,12 @@ def _finetune(problem, calib, h: np.ndarray, config: CompressConfig):
     tuned = train.finetune_fixed(zeroed, train_set, settings.finetune_epochs, lr=settings.lr,
                                  batch_size=settings.batch_size, seed=config.seed,
                                  progress_bars=settings.progress, teacher=problem.model,
-                                 threads=config.threads)
+                                 threads=config.threads, feature_distill=settings.feature_weight)
     quality = None
     if val_set is not None:
         before = train.predict(OnnxModule(problem.model).eval(), val_set, settings.batch_size)
         after = train.predict(OnnxModule(tuned).eval(), val_set, settings.batch_size)
         quality = train.evaluate(before, after, val_set.labels, "val")
-    return tuned, quality, {"finetuned": True, "finetune_epochs": settings.finetune_epochs, "lr": settings.lr}
+    return tuned, quality, {"finetuned": True, "finetune_epochs": settings.finetune_epochs, "lr": settings.lr,
+                            "feature_distill": settings.feature_weight,
+                            "feature_taps": train.feature_taps(zeroed) if settings.feature_weight else []}
