@@ -227,7 +227,8 @@ def test_settings_and_choices_are_json_ready():
 
 
 @pytest.mark.parametrize("bad", [dict(target_flops=0), dict(target_flops=0.5, residual="maybe"),
-                                 dict(target_flops=0.5, reconstruct="later"), dict(target_flops=1.5)])
+                                 dict(target_flops=0.5, reconstruct="later"), dict(target_flops=1.5),
+                                 dict(target_flops=0.5, feature_distill=-1)])
 def test_bad_settings_are_usage_errors(bad):
     with pytest.raises(UsageError):
         QRConfig(**bad)
@@ -279,6 +280,23 @@ def test_registry_entry_runs_qr_with_compress_options():
     assert _flops(_cut(result.model)) <= 0.6 * _flops(model)
     with pytest.raises(UsageError, match="calibration data"):
         METHODS["qr"](model, None, target_flops=0.6)
+
+
+def test_fine_tune_distils_the_stage_outputs_unless_told_not_to():
+    """The pruned graph keeps the original's tensor names, so its fine-tune can match the
+    original's stage outputs (as smof's does); ``feature_distill=0`` trains on the outputs only.
+    Both keep the selection (same cut)."""
+    pytest.importorskip("torch")
+    from smof_onnx.learn.train import feature_taps
+    from smof_onnx.methods import METHODS
+
+    model, data = resnet(), _data()
+    staged = METHODS["qr"](model, data, target_flops=0.6, finetune_epochs=1, progress_bars=False)
+    plain = METHODS["qr"](model, data, target_flops=0.6, finetune_epochs=1, progress_bars=False, feature_distill=0)
+    assert staged.settings["feature_distill"] == 1.0 and plain.settings["feature_distill"] == 0
+    assert feature_taps(staged.model)  # (were none shared with the original, both runs would be equal)
+    assert staged.model.SerializeToString() != plain.model.SerializeToString()
+    assert _flops(_cut(staged.model)) == _flops(_cut(plain.model))
 
 
 def test_every_zoo_model_meets_the_target_after_the_cut(zoo_model):

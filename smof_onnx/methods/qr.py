@@ -102,6 +102,7 @@ class QRConfig:
     channel_multiple: int = 1        # kept counts are multiples of this (or the full width)
     activation_mb: int = 256         # fetched activations per batch; caps batch_size for large inputs
     finetune_epochs: int = 0
+    feature_distill: float = 1.0     # weight of the fine-tune's stage-output loss (0: outputs only)
 
     def __post_init__(self):
         if not 0 < self.target_flops <= 1:
@@ -112,6 +113,8 @@ class QRConfig:
             raise UsageError(f"qr: reconstruct must be 'sequential' or 'parallel', got {self.reconstruct!r}")
         if self.channel_multiple < 1:
             raise UsageError(f"qr: channel_multiple must be >= 1, got {self.channel_multiple}")
+        if not self.feature_distill >= 0:
+            raise UsageError(f"qr: feature_distill must be >= 0, got {self.feature_distill}")
         if self.max_positions < 1 or self.batch_size < 1 or self.ridge < 0 or not 0 <= self.min_keep <= 1:
             raise UsageError("qr: max_positions and batch_size must be >= 1, ridge >= 0, min_keep in [0, 1]")
 
@@ -122,8 +125,10 @@ class QRConfig:
             raise UsageError("--target-latency is not supported by --method qr; use --target-flops")
         if not config.channel:
             raise UsageError("--method qr prunes channels only; --no-channel leaves it nothing to do")
+        distill = cls.feature_distill if config.feature_distill is None else config.feature_distill
         return cls(target_flops=config.target_flops, batch_size=config.batch_size, seed=config.seed,
-                   finetune_epochs=config.finetune_epochs or 0, channel_multiple=config.channel_multiple)
+                   finetune_epochs=config.finetune_epochs or 0, channel_multiple=config.channel_multiple,
+                   feature_distill=distill)
 
 
 def finetune(model: onnx.ModelProto, data: Mapping[str, np.ndarray], epochs: int, **kwargs) -> onnx.ModelProto:
@@ -296,7 +301,8 @@ def run(model: onnx.ModelProto, data, config: QRConfig | CompressConfig) -> Meth
     t_end = time.perf_counter()
     if config.finetune_epochs > 0:
         # Distil from the unpruned model: the pruned one as its own teacher would give zero loss.
-        pruned = finetune(pruned, data, config.finetune_epochs, teacher=canon)
+        pruned = finetune(pruned, data, config.finetune_epochs, teacher=canon,
+                          feature_distill=config.feature_distill)
 
     choices = []
     for u, k, res, cost in zip(units, keep, curves, costs):
