@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--threads", type=int, help="PyTorch threads while training (default: PyTorch's, one per core); "
                    "1 is faster when other jobs share the cores")
     m.add_argument("--feature-distill", type=float, metavar="W",
-                   help="smof, and l2 with --data: weight of matching each stage's output to the original's "
+                   help="smof, and the fine-tune of l2 / qr: weight of matching each stage's output to the original's "
                    "(default 1.0, 0 turns it off)")
     p.set_defaults(handler=_compress)
 

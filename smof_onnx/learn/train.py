@@ -68,7 +68,8 @@ on the default model at 0.5 FLOPs from 4096 images: 92.10% test accuracy (drop 0
 against 91.64% (0.77) on the folded weights, same schedule.
 
 :func:`finetune_fixed` is the same fine-tune for any zeroed ONNX model (no gates: the zeros
-are the mask), for methods that decide the zeros themselves (``qr``, ``l2``).
+are the mask), for methods that decide the zeros themselves (``qr``, ``l2``), with the same
+stage-output loss where the teacher computes the student's stage outputs (``feature_distill``).
 """
 from __future__ import annotations
 

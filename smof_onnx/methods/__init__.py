@@ -59,7 +59,7 @@ class CompressConfig:
     2 threads slowed from 5 to 0.25 steps/s (spin-waiting threads); ``threads=1`` avoids that.
     ``feature_distill``: weight of the stage-output distillation (each stage's output matched
     to the original's, :func:`smof_onnx.learn.train.feature_taps`; None: 1.0, 0: off) in the
-    training of smof and in the fine-tune of ``l2`` with data.
+    training of smof and in the fine-tune of ``l2`` and ``qr`` with data.
     """
 
     target_flops: float = 0.5

@@ -57,7 +57,9 @@ the projection shortcuts and the head. Two rules make it prunable without retrai
 plain channels, which is what a per-layer method without the stream rule can do.
 
 ``finetune_epochs > 0`` hands the result to the learning stage (needs torch); see
-:func:`finetune`.
+:func:`finetune`. It distils the original's outputs and, with ``feature_distill`` (default
+1.0), its stage outputs, as smof does: on the bench ResNet-20 at 0.5 FLOPs (8 epochs, seeds
+0-2) 91.22% against 91.13% with the outputs alone.
 """
 from __future__ import annotations
 
@@ -102,7 +104,7 @@ class QRConfig:
     channel_multiple: int = 1        # kept counts are multiples of this (or the full width)
     activation_mb: int = 256         # fetched activations per batch; caps batch_size for large inputs
     finetune_epochs: int = 0
-    feature_distill: float = 1.0     # weight of the fine-tune's stage-output loss (0: outputs only)
+    feature_distill: float = 1.0     # fine-tune's stage-output loss weight (0: outputs only); README Methods
 
     def __post_init__(self):
         if not 0 < self.target_flops <= 1:
