@@ -85,6 +85,7 @@ import torch
 from torch.nn import functional as F
 
 from ..data import CalibrationData
+from ..methods import FEATURE_DISTILL
 from .executor import _attrs
 from .masking import Masks
 from .select import Problem, _restore, _trim
@@ -94,7 +95,7 @@ __all__ = ["TrainSettings", "torch_threads", "attach_batchnorm", "fold_batchnorm
            "feature_taps", "attach_feature_taps", "feature_loss"]
 
 BN_SAMPLES = 4096  # calibration samples whose statistics set (and recalibrate) the train-mode BN
-FEATURE_WEIGHT = 1.0  # default weight of the stage-output distillation (module docstring)
+FEATURE_WEIGHT = FEATURE_DISTILL  # default weight of the stage-output distillation (module docstring)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -42,6 +42,11 @@ class MethodResult:
     quality: dict | None = None
 
 
+# Default weight of the stage-output distillation (``--feature-distill``): smof's training and
+# the l2 / qr fine-tunes read it here, so the torch-free qr settings need not import the trainer.
+FEATURE_DISTILL = 1.0
+
+
 @dataclasses.dataclass(frozen=True)
 class CompressConfig:
     """Every option of ``smof-onnx compress``; None means "the method's default".
@@ -58,7 +63,7 @@ class CompressConfig:
     per core). On this 2-core machine, with another process busy, training with the default's
     2 threads slowed from 5 to 0.25 steps/s (spin-waiting threads); ``threads=1`` avoids that.
     ``feature_distill``: weight of the stage-output distillation (each stage's output matched
-    to the original's, :func:`smof_onnx.learn.train.feature_taps`; None: 1.0, 0: off) in the
+    to the original's, :func:`smof_onnx.learn.train.feature_taps`; None: :data:`FEATURE_DISTILL`, 0: off) in the
     training of smof and in the fine-tune of ``l2`` and ``qr`` with data.
     """
 

@@ -80,7 +80,7 @@ from passes.graph import to_graph, to_model
 from ..data import as_calibration
 from ..errors import SmofError, UsageError
 from ..features import collect
-from . import CompressConfig, MethodResult
+from . import FEATURE_DISTILL, CompressConfig, MethodResult
 from .qr_alloc import LayerFlops, allocate
 from .qr_select import consumer_gram, ls_curve, pivoted_order
 from .qr_units import Unit, find_units
@@ -104,7 +104,7 @@ class QRConfig:
     channel_multiple: int = 1        # kept counts are multiples of this (or the full width)
     activation_mb: int = 256         # fetched activations per batch; caps batch_size for large inputs
     finetune_epochs: int = 0
-    feature_distill: float = 1.0     # fine-tune's stage-output loss weight (0: outputs only); README Methods
+    feature_distill: float = FEATURE_DISTILL  # fine-tune's stage-output loss weight (0: outputs only); README Methods
 
     def __post_init__(self):
         if not 0 < self.target_flops <= 1:
