@@ -253,6 +253,20 @@ def infer_graph_shapes(graph: gs.Graph, input_shapes: Mapping[str, Sequence[int]
     return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
 
 
+def node_attributes(node: onnx.NodeProto) -> dict:
+    """A NodeProto's attributes as Python values, strings (and string lists) decoded from bytes,
+    so callers compare ``auto_pad == "VALID"`` and never against ``b"VALID"``."""
+    out: dict = {}
+    for a in node.attribute:
+        v = onnx.helper.get_attribute_value(a)
+        if isinstance(v, bytes):
+            v = v.decode()
+        elif isinstance(v, list) and v and isinstance(v[0], bytes):
+            v = [s.decode() for s in v]
+        out[a.name] = v
+    return out
+
+
 def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
     """The array behind a gs.Constant (or an initializer-backed tensor), else None."""
     if isinstance(tensor, gs.Constant):

@@ -36,6 +36,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from passes.graph import node_attributes
+
 __all__ = ["LayerSite", "LayerStats", "layer_site", "sample_patches", "collect", "SiteRefused"]
 
 
@@ -84,14 +86,10 @@ class LayerStats:
         return np.concatenate(self.outputs) if self.outputs else np.zeros((0, 0), np.float32)
 
 
-def _attrs(node: onnx.NodeProto) -> dict:
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-
-
 def layer_site(model: onnx.ModelProto, node: onnx.NodeProto) -> LayerSite:
     """The :class:`LayerSite` of ``node`` or :class:`SiteRefused` saying why not."""
     inits = {i.name: i for i in model.graph.initializer}
-    attrs = _attrs(node)
+    attrs = node_attributes(node)
     name = node.name
     if len(node.input) < 2 or node.input[1] not in inits:
         raise SiteRefused(f"{name}: weight is not an initializer")
@@ -99,8 +97,7 @@ def layer_site(model: onnx.ModelProto, node: onnx.NodeProto) -> LayerSite:
     if node.op_type == "Conv":
         if int(attrs.get("group", 1)) != 1:
             raise SiteRefused(f"{name}: grouped/depthwise conv (group={attrs['group']}) is not pruned by QR")
-        auto_pad = attrs.get("auto_pad", b"NOTSET")
-        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+        auto_pad = attrs.get("auto_pad", "NOTSET")
         if auto_pad not in ("NOTSET", ""):
             raise SiteRefused(f"{name}: auto_pad={auto_pad}; run the canonical passes first (explicit pads)")
         kernel = tuple(int(k) for k in w.shape[2:])

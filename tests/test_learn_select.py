@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from smof_onnx.learn.select import FINE_MULTIPLE, cut_ratio, prepare, select
+from smof_onnx.errors import UnsupportedModelError
+from smof_onnx.learn.select import FINE_MULTIPLE, cut_ratio, fit_budget, prepare, select
 from tests.test_learn_gates import tiny_cnn
 
 
@@ -68,3 +69,19 @@ def test_the_cut_model_meets_the_target(target, multiple):
             assert kept in fam.allowed()
         else:
             assert kept in fam.allowed(min(fam.multiple, FINE_MULTIPLE))
+
+
+def test_fit_budget_drops_the_lowest_scores_first_and_takes_back_what_fits():
+    p = prepare(tiny_cnn(width=16), None, kernel=False, multiple=0)
+    s, target, wide = _scores_and_fill_target(p)
+    h = fit_budget(p, np.ones(p.space.size), s, target)
+    assert float(p.budget.ratio(p.space.effective(h))) <= target + 1e-12
+    kept = np.flatnonzero(h[list(wide.gates)] >= 0.5)
+    assert list(kept) == list(range(16))  # whole 16-channel steps: the best-scored half of conv3
+    assert h.sum() == p.space.size - 16  # nothing else was dropped
+
+
+def test_fit_budget_says_why_when_no_gate_is_left_to_drop():
+    p = prepare(tiny_cnn(width=16), None, kernel=False, multiple=0)
+    with pytest.raises(UnsupportedModelError, match="FLOPs target 0.001 cannot be reached"):
+        fit_budget(p, np.ones(p.space.size), np.ones(p.space.size), 0.001)

@@ -1,6 +1,7 @@
 """The measured correction of a latency selection: the timed cut model's gap to the prediction
 moves the predicted-latency goal (down when too slow, up when far under the target) and the gates
-are selected again; the result is the last selection timed within the target. The timer is faked
+are selected again; the result is the largest-goal selection timed within the target that a second
+timing confirms. The timer is faked
 (conv MACs of the cut model, which the table predicts exactly, + a fixed gap), so no assertion
 depends on wall-clock time."""
 from __future__ import annotations
@@ -36,6 +37,11 @@ def _fake_timer(p, time_of):
     return measure
 
 
+def _loop(history):
+    """The selection rounds, without the confirmations."""
+    return [r for r in history if not r.get("confirms")]
+
+
 def _macs(model, shapes):
     return sum(lay.flops for lay in count_cost(model, shapes).layers if lay.op == "Conv")
 
@@ -56,8 +62,10 @@ def _first_selection(monkeypatch, tmp_path, time_of):
 @pytest.mark.parametrize("gap", [0.0, 0.08])
 def test_selection_is_redone_until_the_measured_latency_meets_the_target(monkeypatch, tmp_path, gap):
     p, lat, scores, h, ratios = _first_selection(monkeypatch, tmp_path, _gaps(gap))
-    h2, _, history = method_latency.correct_by_measurement(p, lat, scores, h, ratios, CONFIG, select)
+    result = method_latency.correct_by_measurement(p, lat, scores, h, ratios, CONFIG, select)
+    h2, history = result.h, _loop(result.rounds)
     measured = lat.ratio(p.space.effective(h2)) + gap
+    assert result.rounds[-1]["confirms"] and result.rounds[-1]["measured_ratio"] == pytest.approx(measured, abs=1e-4)
     if gap == 0:
         assert len(history) == 1 and np.array_equal(h, h2)
     else:
@@ -68,7 +76,8 @@ def test_selection_is_redone_until_the_measured_latency_meets_the_target(monkeyp
 
 def test_a_pessimistic_prediction_raises_the_goal_to_use_the_time_left(monkeypatch, tmp_path):
     p, lat, scores, h, ratios = _first_selection(monkeypatch, tmp_path, _gaps(-0.08))
-    h2, _, history = method_latency.correct_by_measurement(p, lat, scores, h, ratios, CONFIG, select)
+    result = method_latency.correct_by_measurement(p, lat, scores, h, ratios, CONFIG, select)
+    h2, history = result.h, result.rounds
     assert history[0]["measured_ratio"] < 0.6 - method_latency.SLACK
     assert history[1]["goal"] == pytest.approx(0.6 + 0.08, abs=1e-4)
     before, after = (lat.ratio(p.space.effective(x)) for x in (h, h2))
@@ -77,17 +86,20 @@ def test_a_pessimistic_prediction_raises_the_goal_to_use_the_time_left(monkeypat
 
 
 def test_a_raised_selection_that_runs_over_is_dropped_for_the_one_that_met(monkeypatch, tmp_path):
-    p, lat, scores, h, ratios = _first_selection(monkeypatch, tmp_path, _gaps(-0.2, 0.2))
-    h2, ratios2, history = method_latency.correct_by_measurement(p, lat, scores, h, ratios, CONFIG, select, rounds=2)
+    p, lat, scores, h, ratios = _first_selection(monkeypatch, tmp_path, _gaps(-0.2, 0.2, -0.2))
+    result = method_latency.correct_by_measurement(p, lat, scores, h, ratios, CONFIG, select, rounds=2)
+    history = result.rounds
     assert history[0]["measured_ratio"] <= 0.6 < history[1]["measured_ratio"]
-    assert np.array_equal(h2, h) and ratios2 == ratios
+    assert len(history) == 3 and history[2]["confirms"] and history[2]["goal"] == history[0]["goal"]
+    assert np.array_equal(result.h, h) and result.ratios == ratios
 
 
 def test_a_step_in_the_real_time_is_bracketed_by_bisection(monkeypatch, tmp_path):
     """Real time 0.1 under the prediction below 0.65 and 0.05 over it above (a SIMD step): raising
     the goal by the first gap overshoots the step, so the goal is bisected between the two."""
     p, lat, scores, h, ratios = _first_selection(monkeypatch, tmp_path, lambda r: r - 0.1 if r < 0.65 else r + 0.05)
-    h2, _, history = method_latency.correct_by_measurement(p, lat, scores, h, ratios, CONFIG, select)
+    result = method_latency.correct_by_measurement(p, lat, scores, h, ratios, CONFIG, select)
+    h2, history = result.h, _loop(result.rounds)
     measured = [r["measured_ratio"] for r in history]
     assert measured[0] <= 0.6 < measured[1]  # met, then the raised goal ran over
     assert 0.6 < history[2]["goal"] < history[1]["goal"]  # bisected between them
@@ -95,3 +107,23 @@ def test_a_step_in_the_real_time_is_bracketed_by_bisection(monkeypatch, tmp_path
     first, final = (lat.ratio(p.space.effective(x)) for x in (h, h2))
     assert final > first
     assert (final - 0.1 if final < 0.65 else final + 0.05) <= 0.6 + 1e-9
+
+
+def test_a_read_that_came_out_low_is_not_trusted_without_a_second_timing(monkeypatch, tmp_path):
+    """The raised selection reads within the target once (0.2 low), then at its real time: it is
+    dropped for the first selection, which a second timing confirms."""
+    p, lat, scores, h, ratios = _first_selection(monkeypatch, tmp_path, _gaps(-0.2, -0.2, 0.0))
+    result = method_latency.correct_by_measurement(p, lat, scores, h, ratios, CONFIG, select)
+    loop, confirms = _loop(result.rounds), [r for r in result.rounds if r.get("confirms")]
+    assert len(loop) == 2 and all(r["measured_ratio"] <= 0.6 for r in loop)
+    assert [r["goal"] for r in confirms] == [loop[1]["goal"], loop[0]["goal"]]  # largest goal first
+    assert confirms[0]["measured_ratio"] > 0.6 >= confirms[1]["measured_ratio"]
+    assert np.array_equal(result.h, h) and result.ratios == ratios
+
+
+def test_when_no_confirmation_holds_the_most_conservative_timed_selection_is_kept(monkeypatch, tmp_path):
+    p, lat, scores, h, ratios = _first_selection(monkeypatch, tmp_path, _gaps(-0.2, -0.2, 0.3))
+    result = method_latency.correct_by_measurement(p, lat, scores, h, ratios, CONFIG, select)
+    confirms = [r for r in result.rounds if r.get("confirms")]
+    assert len(confirms) == method_latency.CONFIRMATIONS and all(r["measured_ratio"] > 0.6 for r in confirms)
+    assert np.array_equal(result.h, h)  # the smallest goal timed within the target

@@ -38,7 +38,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..base import ModelError
-from ..graph import graph_input_shapes, shapes_by_running, to_model, with_static_shapes
+from ..graph import graph_input_shapes, node_attributes, shapes_by_running, to_model, with_static_shapes
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
@@ -122,7 +122,7 @@ def _needed(node: onnx.NodeProto) -> list[str]:
 
 
 def _layer(node: onnx.NodeProto, name: str, shapes: dict[str, tuple[int, ...]], params: int) -> LayerCost:
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    attrs = node_attributes(node)
     out = shapes[node.output[0]]
     op = node.op_type
     if op in ("Conv", "ConvTranspose"):

@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import onnx
 
+from passes.graph import node_attributes
+
 from .gates import GateSpace, slot_gate_index
 
 __all__ = ["LayerTerm", "FlopsBudget", "build_budget"]
@@ -132,7 +134,7 @@ def _feature_idx(space: GateSpace, analysis: Any | None, node: onnx.NodeProto, t
     if op in ("Conv", "ConvTranspose", "Gemm") and sp.axis != 1:
         return np.full(1, -1, np.int64)
     if op == "Gemm":
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        attrs = node_attributes(node)
         if tensor == node.input[0] and attrs.get("transA", 0):
             return np.full(1, -1, np.int64)
     if op == "MatMul" and sp.axis != sp.rank - 1:

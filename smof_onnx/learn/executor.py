@@ -31,6 +31,8 @@ import onnx
 import torch
 from torch import nn
 
+from passes.graph import node_attributes
+
 from .ops import OPS, Node, UnsupportedOpError
 from .ops_tensor import constant_value
 
@@ -43,18 +45,6 @@ WEIGHT_INPUTS: dict[str, tuple[int, ...]] = {
 }
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
-
-
-def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for a in node.attribute:
-        v = onnx.helper.get_attribute_value(a)
-        if isinstance(v, bytes):
-            v = v.decode()
-        elif isinstance(v, list) and v and isinstance(v[0], bytes):
-            v = [s.decode() for s in v]
-        out[a.name] = v
-    return out
 
 
 def _node_label(node: onnx.NodeProto, index: int) -> str:
@@ -86,7 +76,7 @@ def check_supported(model: onnx.ModelProto) -> None:
             problems.append((node.op_type, label, None))
             continue
         if entry.check is not None:
-            reason = entry.check(Node(label, node.op_type, _attrs(node), opset, len(node.output)))
+            reason = entry.check(Node(label, node.op_type, node_attributes(node), opset, len(node.output)))
             if reason:
                 problems.append((node.op_type, label, reason))
     if problems:
@@ -124,7 +114,7 @@ class OnnxModule(nn.Module):
             consts[init.name] = torch.from_numpy(np.array(onnx.numpy_helper.to_array(init)))
         self._steps: list[tuple[Callable, Node, list[str], list[str]]] = []
         for i, node in enumerate(graph.node):
-            attrs = _attrs(node)
+            attrs = node_attributes(node)
             label = _node_label(node, i)
             if node.op_type == "Constant":
                 consts[node.output[0]] = constant_value(attrs)

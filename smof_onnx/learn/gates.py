@@ -34,6 +34,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from passes.graph import node_attributes
+
 __all__ = ["KernelGate", "ChannelGate", "Family", "GateSpace", "build_gate_space", "ZEROABLE_OPS",
            "family_multiple"]
 
@@ -194,7 +196,7 @@ class GateSpace:
 
 
 def _zero_output_channel(node: onnx.NodeProto, op: str, c: int, arr) -> None:
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    attrs = node_attributes(node)
     ins = list(node.input)
     if op == "Conv":
         arr(ins[1])[c] = 0
@@ -228,7 +230,7 @@ def _zero_output_channel(node: onnx.NodeProto, op: str, c: int, arr) -> None:
 def _producer_ok(node: onnx.NodeProto, op: str, c: int, inits: dict[str, np.ndarray], axis: int, rank: int) -> bool:
     """The producer's output channel ``c`` can be zeroed through initializers."""
     ins = list(node.input)
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    attrs = node_attributes(node)
     if op in ("Conv", "ConvTranspose"):
         need = [ins[1]] + ([ins[2]] if len(ins) > 2 and ins[2] else [])
         return axis == 1 and all(n in inits for n in need)

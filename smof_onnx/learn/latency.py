@@ -40,7 +40,7 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 from scipy.interpolate import RegularGridInterpolator
 
-from passes.graph import with_static_shapes
+from passes.graph import node_attributes, with_static_shapes
 
 from ..verify import session_options
 
@@ -109,8 +109,7 @@ def conv_sites(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]
     for i, n in enumerate(model.graph.node):
         if n.op_type != "Conv" or n.input[1] not in weights or n.input[0] not in shapes:
             continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
-        attrs = {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
+        attrs = node_attributes(n)
         w = weights[n.input[1]]
         rank = len(w) - 2
         strides = tuple(attrs.get("strides") or [1] * rank)

@@ -40,7 +40,7 @@ from ..errors import UnsupportedModelError
 from .budget import FlopsBudget, build_budget
 from .gates import GateSpace, build_gate_space
 
-__all__ = ["Problem", "prepare", "select", "cut_ratio", "FINE_MULTIPLE"]
+__all__ = ["Problem", "prepare", "select", "fit_budget", "cut_ratio", "FINE_MULTIPLE"]
 
 # The fill step of the automatic channel rule: families held to multiples of 16 may take 8 more
 # channels when a whole 16 no longer fits (VGG at 0.5 stopped at 0.455 of the FLOPs otherwise).
@@ -166,6 +166,14 @@ def _restore(problem: Problem, h: np.ndarray, s: np.ndarray, target: float, extr
             return h
 
 
+def fit_budget(problem: Problem, h: np.ndarray, scores: np.ndarray, target: float,
+               extra: Sequence = ()) -> np.ndarray:
+    """``h`` made to fit: the lowest-scoring units dropped until the FLOPs (and every ``extra``
+    budget) meet their targets, then the highest-scoring dropped units restored while they still do.
+    Raises :class:`UnsupportedModelError` when dropping every gate is not enough."""
+    return _restore(problem, _trim(problem, h, scores, target, extra), scores, target, extra)
+
+
 def select(problem: Problem, scores: np.ndarray, target: float, *, threshold: float = 0.5,
            rounds: int = 5, check: bool = True, extra: Sequence = ()) -> tuple[np.ndarray, dict[str, float]]:
     """Binary gates meeting ``target`` for the cut model (and every ``extra`` budget's target);
@@ -175,7 +183,7 @@ def select(problem: Problem, scores: np.ndarray, target: float, *, threshold: fl
     goal = target
     est = real = float("nan")
     for _ in range(rounds):
-        h = _restore(problem, _trim(problem, h, s, goal, extra), s, goal, extra)
+        h = fit_budget(problem, h, s, goal, extra)
         if problem.space.multiple == 0:  # the per-family rule is a speed default, not the user's contract
             h = _restore(problem, h, s, goal, extra, fine=True)
         est = float(problem.budget.ratio(problem.space.effective(h)))

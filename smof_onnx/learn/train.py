@@ -84,11 +84,12 @@ import onnx
 import torch
 from torch.nn import functional as F
 
+from passes.graph import node_attributes
+
 from ..data import CalibrationData
 from ..methods import FEATURE_DISTILL
-from .executor import _attrs
 from .masking import Masks
-from .select import Problem, _restore, _trim
+from .select import Problem, fit_budget
 
 __all__ = ["TrainSettings", "torch_threads", "attach_batchnorm", "fold_batchnorm", "output_kinds",
            "teacher_outputs", "search", "finetune", "evaluate", "gate_costs", "finetune_fixed",
@@ -259,7 +260,7 @@ def feature_taps(model: onnx.ModelProto) -> list[str]:
     weights = {i.name: list(i.dims) for i in model.graph.initializer}
     taps: list[str] = []
     for node in model.graph.node:
-        strides = _attrs(node).get("strides", [])
+        strides = node_attributes(node).get("strides", [])
         lowers = node.op_type in DOWNSAMPLING or (node.op_type == "Conv" and any(s > 1 for s in strides))
         if not lowers or not node.input:
             continue
@@ -274,7 +275,7 @@ def _block_input(x: str, producer: dict, weights: dict) -> str:
     conv = producer.get(act.input[0]) if act is not None and act.op_type in ACTIVATIONS else None
     if conv is None or conv.op_type != "Conv" or len(conv.input) < 2 or conv.input[1] not in weights:
         return x
-    attrs = _attrs(conv)
+    attrs = node_attributes(conv)
     pointwise = (all(k == 1 for k in weights[conv.input[1]][2:]) and all(s == 1 for s in attrs.get("strides", []))
                  and attrs.get("group", 1) == 1)
     return conv.input[0] if pointwise else x
@@ -387,7 +388,7 @@ def search(problem: Problem, module, data: CalibrationData, teacher: list[torch.
             tau = 1 - (1 - target) * frac
             extra = [(latency, 1 - (1 - latency_target) * frac)] if use_latency else []
             score = imp / cost
-            h = _restore(problem, _trim(problem, np.ones(space.size), score, tau, extra), score, tau, extra)
+            h = fit_budget(problem, np.ones(space.size), score, tau, extra)
             ratio = float(problem.budget.ratio(space.effective(h)))
         masks.set(h, requires_grad=True)
         loss = _batch_loss(module, data, next(batches), teacher, teacher_module, gen, kinds, settings)

@@ -13,8 +13,10 @@
 With ``target_latency``, the per-layer ONNX Runtime table of the canonical model is measured
 at ``bench_batch`` (cached; :mod:`smof_onnx.methods.latency`), the search's gate costs are
 predicted-latency savings and the selection also meets the predicted latency, corrected by
-timing the cut model (:func:`.latency.correct_by_measurement`); the settings report the
-predicted and the measured ratio of the cut model and each timed selection round.
+timing the cut model (:func:`.latency.correct_by_measurement`, which confirms the chosen
+selection by a second timing); the settings report the predicted and the measured ratio of the
+cut model (timed again after the fine-tune, independent of the timings that chose it) and each
+timed selection round.
 Needs torch and data; ``--method l2`` is the data-free, torch-free baseline.
 """
 from __future__ import annotations
@@ -70,7 +72,8 @@ def run(model: onnx.ModelProto, data, config: CompressConfig) -> MethodResult:
         h, ratios = select(problem, scores, config.target_flops, extra=extra)
         corrections = None
         if latency is not None:
-            h, ratios, corrections = correct_by_measurement(problem, latency, scores, h, ratios, config, select)
+            correction = correct_by_measurement(problem, latency, scores, h, ratios, config, select)
+            h, ratios, corrections = correction.h, correction.ratios, correction.rounds
         train.finetune(problem, student, train_set, teacher, h, settings, teacher_module, bn)
         teacher_module.set_taps(())
         trained = student.state_to_onnx(problem.model)
