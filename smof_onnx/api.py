@@ -10,8 +10,11 @@ pipeline (:mod:`passes.pipeline`), ``onnx.checker`` (full check), the interface
 check (graph input / output names, dtypes, shapes unchanged) and the ONNX Runtime
 gate (:func:`smof_onnx.verify.verify_equivalent`, max rel err <= 1e-5) against
 the model the cut started from. Only when all pass is anything written: the model
-atomically (:func:`passes.graph.save_model`), then the JSON report. Otherwise a
-:class:`VerificationError` says what failed and nothing is written.
+atomically (:func:`passes.graph.save_model`), then the JSON report, both or neither
+(a failed write removes what the run placed). Otherwise a :class:`VerificationError`
+says what failed and nothing is written. The output paths are checked before any work
+(:class:`UsageError`): not the input model nor its external-data files, not a directory
+nor under a file, the report not the model's own path nor its ``OUT.data``.
 """
 from __future__ import annotations
 
@@ -94,13 +97,87 @@ def _calibration(data: Any, model: onnx.ModelProto, shapes: dict[str, list[int]]
 
 
 def _check_outputs(src: Path | None, output: Any, report_path: Any) -> None:
-    for what, target in (("-o", output), ("--report", report_path)):
-        if target is None or src is None:
+    """Refuse, before any work, destinations that cannot be written or would destroy the input or
+    each other (UsageError naming the path and what to do instead)."""
+    _check_destinations(output, report_path, src.name if src is not None else "model.onnx")
+    if src is None:
+        return
+    targets = [(what, Path(t)) for what, t in (("-o", output), ("--report", report_path)) if t is not None]
+    if output is not None:  # written too when the cut model is over 2 GB
+        targets.append((f"-o {output} (its external data)", _data_file(output)))
+    for what, t in targets:
+        if _same_file(t, src):
+            raise UsageError(f"{what} {t} is the input model; the input file is never modified, "
+                             "choose another output path")
+    # The input just loaded from its external-data files, so a target can only be one of them if it
+    # exists: only then is the input parsed again (without its weights) to read their names.
+    if not any(t.exists() for _, t in targets):
+        return
+    for data in _external_data_files(src):
+        for what, t in targets:
+            if _same_file(t, data):
+                raise UsageError(f"{what} {t} holds the weights of the input model {src} (its external data); "
+                                 "the input is never modified, choose another output path")
+
+
+def _check_destinations(output: Any, report_path: Any, model_name: str = "model.onnx") -> None:
+    """-o / --report must name files that can be written, and different ones: the report replacing
+    the model (or the model's external data), or a path found unwritable only after the method ran
+    for an hour, loses the run."""
+    for what, target, example in (("-o", output, model_name), ("--report", report_path, "report.json")):
+        if target is None:
             continue
         t = Path(target)
-        if t.resolve() == src.resolve() or (t.exists() and src.exists() and os.path.samefile(t, src)):
-            raise UsageError(f"{what} {target} is the input model; the input file is never modified, "
-                             "choose another output path")
+        if t.is_dir() or os.fspath(target).endswith(("/", os.sep)):
+            kind = "is a directory" if t.is_dir() else "names a directory (ends with a slash)"
+            raise UsageError(f"{what} {target} {kind}; give the file to write, e.g. {what} {t / example}")
+        existing = next(p for p in (t.parent, *t.parent.parents) if p.exists() or p == p.parent)
+        if not existing.is_dir():
+            raise UsageError(f"{what} {target}: {existing} is a file, not a directory, so nothing can be "
+                             "written under it; choose a path in a directory")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise UsageError(f"{what} {target}: no permission to write in {existing}; choose a writable directory")
+    if output is None or report_path is None:
+        return
+    other = Path(output).with_suffix(".report.json")
+    if _same_file(Path(report_path), Path(output)):
+        raise UsageError(f"--report {report_path} is the -o model path: the report would replace the model; "
+                         f"give the report its own name, e.g. --report {other}")
+    if _same_file(Path(report_path), _data_file(output)):
+        raise UsageError(f"--report {report_path} is where the weights of -o {output} go when it is written with "
+                         f"external data (models over 2 GB); give the report another name, e.g. --report {other}")
+
+
+def _data_file(output: Any) -> Path:
+    """The external-data file of a model saved at ``output`` (``OUT.data``, passes.graph.save_model's name)."""
+    path = Path(output)
+    return path.parent / (path.name + ".data")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+
+
+def _external_data_files(src: Path) -> set[Path]:
+    """The files the tensors of the model at ``src`` keep their data in, relative to its folder."""
+    raw = onnx.load(str(src), load_external_data=False)
+    files: set[Path] = set()
+
+    def visit(graph: onnx.GraphProto) -> None:
+        tensors = [*graph.initializer, *(t for s in graph.sparse_initializer for t in (s.values, s.indices))]
+        for node in graph.node:
+            for attr in node.attribute:
+                tensors += ([attr.t] if attr.HasField("t") else []) + list(attr.tensors)
+                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    visit(sub)
+        for tensor in tensors:
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                location = next((e.value for e in tensor.external_data if e.key == "location"), None)
+                if location:
+                    files.add(src.parent / location)
+
+    visit(raw.graph)
+    return files
 
 
 def _say(progress: Progress | None, message: str) -> None:
@@ -210,6 +287,7 @@ def cut_and_verify(original: onnx.ModelProto, start: onnx.ModelProto, *, output:
                    method: dict | None = None, extra: dict | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """Cut ``start`` (the model whose zeros are cut), gate it against ``start``, report against
     ``original`` (FLOPs before), then write. The path shared by ``cut`` and ``compress``."""
+    _check_destinations(output, report_path)  # also for direct callers: before the cut, not after it
     concrete = _concrete(start, input_shapes)
     _say(progress, "cutting")
     work = onnx.ModelProto()
@@ -237,12 +315,63 @@ def cut_and_verify(original: onnx.ModelProto, start: onnx.ModelProto, *, output:
                               verify=checked, quality=quality, method=method,
                               extra={**(extra or {}), "output": str(output) if output else None,
                                      "input_shapes": concrete})
-    if output is not None:
-        _say(progress, f"writing {output}")
-        pgraph.save_model(cut_model, output)
-    if report_path is not None:
-        rep.write_report(report, report_path)
+    _write(cut_model, output, report, report_path, progress)
     return cut_model, report
+
+
+def _write(model: onnx.ModelProto, output: Any, report: dict, report_path: Any, progress: Progress | None) -> None:
+    """The model and its report, or neither: the report is staged first (a report that cannot be
+    serialised stops the run before any write), the model written atomically, then the report
+    renamed into place; a failure on the way removes what this run placed (files and folders)."""
+    if output is None and report_path is None:
+        return
+    targets = [Path(t) for t in (output, report_path) if t is not None]
+    new_dirs = {d for t in targets for d in _missing_dirs(t)}
+    data = _data_file(output) if output is not None else None
+    data_before = _identity(data)
+    staged = model_placed = None
+    writing = f"--report {report_path}"
+    try:
+        if report_path is not None:
+            staged = rep.stage_report(report, report_path)
+        if output is not None:
+            _say(progress, f"writing {output}")
+            writing = f"-o {output}"
+            model_placed = pgraph.save_model(model, output)
+        if staged is not None:
+            writing = f"--report {report_path}"
+            os.replace(staged, report_path)
+            staged = None
+    except BaseException as exc:
+        if model_placed is not None:
+            model_placed.unlink(missing_ok=True)
+        if data is not None and _identity(data) not in (None, data_before):  # save_model placed OUT.data
+            data.unlink(missing_ok=True)
+        if staged is not None:
+            staged.unlink(missing_ok=True)
+        for d in sorted(new_dirs, key=lambda p: len(p.parts), reverse=True):  # deepest first; only if empty
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+        if isinstance(exc, OSError):  # a full disk or a path changed since the checks: not our bug
+            raise UsageError(f"{writing}: could not write ({exc.strerror or exc}); nothing from this run was kept "
+                             "(check the path, its permissions and the free space, then run again)") from exc
+        raise
+
+
+def _missing_dirs(path: Path) -> list[Path]:
+    """The folders above ``path`` that do not exist yet (writing creates them)."""
+    return [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+
+
+def _identity(path: Path | None) -> tuple[int, int, int] | None:
+    """(device, inode, mtime) of an existing file, else None: tells a file replaced by this run."""
+    try:
+        st = path.stat() if path is not None else None
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns) if st is not None else None
 
 
 # --- compress ----------------------------------------------------------------------------------
@@ -276,6 +405,7 @@ def compress(model: Any, output: Any = None, *, data: Any = None, target_flops: 
     returned = METHODS[method](work, data=calib, target_flops=float(target_flops), input_shapes=shapes, seed=seed,
                                **method_options)
     zeroed, quality, settings, choices = _unpack(returned, method)
+    _check_finite(m, zeroed, method)
     method_info = {"name": method, "target_flops": float(target_flops), "seed": seed,
                    **{k: v for k, v in method_options.items()}, **(settings or {})}
     if choices:
@@ -283,6 +413,27 @@ def compress(model: Any, output: Any = None, *, data: Any = None, target_flops: 
     return cut_and_verify(m, zeroed, output=output, input_shapes=shapes, data=calib, report_path=report_path,
                           progress=progress, quality=quality, method=method_info,
                           extra={"model": str(src) if src else None})
+
+
+def _check_finite(original: onnx.ModelProto, zeroed: onnx.ModelProto, method: str) -> None:
+    """A method that trains can diverge; the gate would pass a NaN model (NaN sits in the same
+    places before and after the cut), so non-finite weights the input did not have stop here."""
+    def bad(model: onnx.ModelProto) -> set[str]:
+        out = set()
+        for init in model.graph.initializer:
+            if init.data_type in _FLOAT_TYPES:
+                if not np.isfinite(onnx.numpy_helper.to_array(init)).all():
+                    out.add(init.name)
+        return out
+
+    new = sorted(bad(zeroed) - bad(original))
+    if new:
+        raise VerificationError(f"method {method} produced non-finite weights (NaN or inf) in {len(new)} tensor(s), "
+                                f"e.g. '{new[0]}', where the input's are finite: training diverged; nothing was "
+                                "written. Lower --lr, or try another --seed")
+
+
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 
 
 def _unpack(returned: Any, method: str) -> tuple[onnx.ModelProto, dict | None, dict | None, list | None]:

@@ -13,6 +13,10 @@ Formats (design 5):
   "NHWC"; default NCHW unless only the last axis looks like channels), ``labels_from_folders``
   (class sub-folders, sorted by name, give labels 0..K-1).
 
+A file is read as what its first bytes say it is (a zip archive: .npz; the .npy magic: .npy),
+whichever of the two suffixes it has; anything else (text, a pickle, an empty file) is refused
+with a :class:`DataError` saying how to save the arrays.
+
 Every array is checked before any training starts, and a mismatch raises :class:`DataError`
 naming the file, the input and the expected vs found shape or dtype:
 - every model input has an array (names listed when one is missing);
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import zipfile
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
@@ -151,14 +156,43 @@ def as_calibration(data, model: onnx.ModelProto,
 
 # ------------------------------------------------------------------------ readers
 
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip archive's first entry / an empty archive
+_NPY_MAGIC = b"\x93NUMPY"
+_SAVE_HINT = ("save the arrays with numpy.savez(path, <input name>=array, labels=...) for a .npz, or "
+              "numpy.save(path, array) for a .npy")
+
+
+def _sniff(path: Path) -> str:
+    """What the file holds, by its first bytes: "npz" (zip), "npy", or raise :class:`DataError`
+    saying what it is instead (empty, a pickle, text, ...) and how to write a proper file."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+    if head.startswith(_ZIP_MAGIC):
+        return "npz"
+    if head.startswith(_NPY_MAGIC):
+        return "npy"
+    if not head:
+        raise DataError(f"{path}: the file is empty, not an .npz (zip) / .npy file; {_SAVE_HINT}")
+    if head[:1] == b"\x80":
+        raise DataError(f"{path}: is a Python pickle, not an .npz (zip) / .npy file; pickles are not accepted "
+                        f"(loading one can run code): {_SAVE_HINT}")
+    raise DataError(f"{path}: is not an .npz (zip) / .npy file (it starts with {head!r}); {_SAVE_HINT}")
+
+
 def _read_npz(path: Path, specs: list[InputSpec]) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    if _sniff(path) == "npy":  # a single array under a .npz name: read it as the .npy it is
+        return _read_npy(path, specs), None
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
     except ValueError as exc:
-        raise DataError(f"{path}: cannot read the arrays ({exc}); object/pickled arrays are not accepted") from exc
-    except (OSError, EOFError) as exc:
-        raise DataError(f"{path}: not a readable .npz file ({exc})") from exc
+        raise DataError(f"{path}: cannot read the arrays ({exc}); object/pickled arrays are not accepted: "
+                        "convert them to numeric arrays (e.g. a.astype(numpy.float32)) and save them again") from exc
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path}: not a readable .npz file ({exc}); the file may be truncated: {_SAVE_HINT}") from exc
     labels = arrays.pop("labels", None)
     names = [s.name for s in specs]
     if not arrays:
@@ -174,12 +208,18 @@ def _read_npz(path: Path, specs: list[InputSpec]) -> tuple[dict[str, np.ndarray]
 
 
 def _read_npy(path: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
+    if _sniff(path) == "npz":  # an archive under a .npy name: read it as the .npz it is
+        arrays, labels = _read_npz(path, specs)
+        if labels is not None:
+            raise DataError(f"{path}: is an .npz archive (with labels) named .npy; rename it to .npz")
+        return arrays
     try:
         array = np.load(path, allow_pickle=False)
     except ValueError as exc:
-        raise DataError(f"{path}: cannot read the array ({exc}); object/pickled arrays are not accepted") from exc
+        raise DataError(f"{path}: cannot read the array ({exc}); object/pickled arrays are not accepted: "
+                        "convert them to numeric arrays (e.g. a.astype(numpy.float32)) and save them again") from exc
     except (OSError, EOFError) as exc:
-        raise DataError(f"{path}: not a readable .npy file ({exc})") from exc
+        raise DataError(f"{path}: not a readable .npy file ({exc}); the file may be truncated: {_SAVE_HINT}") from exc
     if len(specs) != 1:
         raise DataError(f"{path}: a .npy holds one array, but the model has inputs {[s.name for s in specs]}; "
                         "use a .npz keyed by input name")

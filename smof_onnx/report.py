@@ -56,6 +56,22 @@ def build_report(before: ModelCost, after: ModelCost, *, pipeline=None, verify=N
 def write_report(report: dict, path: str | Path) -> Path:
     """Write the report as JSON atomically (temp file + rename)."""
     import os
+
+    path = Path(path)
+    tmp = stage_report(report, path)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def stage_report(report: dict, path: str | Path) -> Path:
+    """The report as JSON in a temp file beside ``path`` (its folder created), for the caller to
+    ``os.replace`` into place or delete: a caller writing a model too places the report only
+    after the model was written, so a failed model write leaves no report behind."""
+    import os
     import tempfile
 
     path = Path(path)
@@ -65,11 +81,10 @@ def write_report(report: dict, path: str | Path) -> Path:
         with os.fdopen(fd, "w") as f:
             json.dump(report, f, indent=2, default=_json_default)
             f.write("\n")
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+    return Path(tmp)
 
 
 def _json_default(value: Any) -> Any:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -197,3 +198,128 @@ def test_compress_reports_the_methods_per_layer_choices(tmp_path):
     choices = rep["method"]["choices"]
     assert choices and all({"name", "kernel_before", "kernel_after"} <= set(c) for c in choices)
     assert rep["flops"]["ratio"] <= 0.5 + 0.01
+
+
+# --- where the results go: checked before any work, both written or neither ----------------------
+
+def _files(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else b"<dir>" for p in folder.rglob("*")}
+
+
+def test_outputs_on_the_inputs_external_data_are_refused_and_the_input_kept(tmp_path, monkeypatch):
+    # Writing over ext.bin (the input's weights) replaced it by the cut model: the input was destroyed.
+    calls = []
+    monkeypatch.setattr(smof_onnx.methods, "METHODS", {"fake": _fake_method(calls)}, raising=False)
+    src = tmp_path / "ext.onnx"
+    onnx.save_model(zeroed_net(), src, save_as_external_data=True, location="ext.bin", size_threshold=0)
+    src2 = tmp_path / "ext2.onnx"  # its weights are where -o o.onnx puts its external data
+    onnx.save_model(zeroed_net(), src2, save_as_external_data=True, location="o.onnx.data", size_threshold=0)
+    (tmp_path / "sub").mkdir()
+    before = _files(tmp_path)
+    for output, report in [(tmp_path / "ext.bin", None), (tmp_path / "o.onnx", tmp_path / "ext.bin"),
+                           (tmp_path / "sub" / ".." / "ext.bin", None)]:
+        with pytest.raises(UsageError, match="holds the weights of the input model .*choose another output"):
+            api.compress(src, output, method="fake", report_path=report)
+        with pytest.raises(UsageError, match="holds the weights of the input model"):
+            api.cut(src, output, report_path=report)
+    # A link to the weights file, and a model whose OUT.data would be the input's weights file.
+    (tmp_path / "link.bin").symlink_to(tmp_path / "ext.bin")
+    with pytest.raises(UsageError, match="link.bin holds the weights"):
+        api.cut(src, tmp_path / "link.bin")
+    (tmp_path / "link.bin").unlink()
+    with pytest.raises(UsageError, match="its external data.*holds the weights"):
+        api.cut(src2, tmp_path / "o.onnx")
+    assert calls == [] and _files(tmp_path) == before
+
+
+def test_a_report_on_the_model_path_or_its_external_data_file_is_refused(tmp_path):
+    src = tmp_path / "m.onnx"
+    onnx.save(zeroed_net(), src)
+    with pytest.raises(UsageError, match="the report would replace the model.*--report .*o.report.json"):
+        api.cut(src, tmp_path / "o.onnx", report_path=tmp_path / "." / "o.onnx")
+    with pytest.raises(UsageError, match="o.onnx.data is where the weights of -o .* go"):
+        api.cut(src, tmp_path / "o.onnx", report_path=tmp_path / "o.onnx.data")
+    with pytest.raises(UsageError, match="would replace the model"):  # direct callers of cut_and_verify too
+        api.cut_and_verify(zeroed_net(), zeroed_net(), output=tmp_path / "o.onnx", report_path=tmp_path / "o.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+@pytest.mark.parametrize("output,report,expect", [
+    ("out", None, r"-o .*out is a directory; give the file to write, e.g. -o .*out/m.onnx"),
+    ("o.onnx", "out", r"--report .*out is a directory; give the file to write, e.g. --report .*out/report.json"),
+    ("o.onnx", "afile/r.json", r"--report .*afile/r.json: .*afile is a file, not a directory"),
+    ("afile/x/o.onnx", None, r"-o .*afile/x/o.onnx: .*afile is a file, not a directory"),
+    ("new/", None, r"-o .*new/ names a directory"),
+])
+def test_unwritable_destinations_are_refused_before_the_method_runs(tmp_path, monkeypatch, output, report, expect):
+    # Found only at write time, these cost the whole run and left the model without its report.
+    calls = []
+    monkeypatch.setattr(smof_onnx.methods, "METHODS", {"fake": _fake_method(calls)}, raising=False)
+    src = tmp_path / "m.onnx"
+    onnx.save(zeroed_net(), src)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "afile").write_text("x")
+    before = _files(tmp_path)
+    with pytest.raises(UsageError, match=expect):
+        api.compress(src, f"{tmp_path}/{output}", method="fake",  # a string: Path drops a trailing slash
+                     report_path=None if report is None else tmp_path / report)
+    assert calls == [] and _files(tmp_path) == before
+
+
+def test_an_output_in_a_new_folder_is_still_created(tmp_path):
+    src = tmp_path / "m.onnx"
+    onnx.save(zeroed_net(), src)
+    api.cut(src, tmp_path / "a" / "b" / "o.onnx", report_path=tmp_path / "c" / "r.json")
+    assert (tmp_path / "a" / "b" / "o.onnx").is_file() and (tmp_path / "c" / "r.json").is_file()
+
+
+def test_a_failed_report_write_removes_the_model_and_what_the_run_created(tmp_path, monkeypatch):
+    # The report's place turns into a folder between the checks and the write (another process).
+    src = tmp_path / "m.onnx"
+    onnx.save(zeroed_net(), src)
+    real_save = pgraph.save_model
+
+    def save_then_block(model, path, **k):
+        out = real_save(model, path, **k)
+        (tmp_path / "r.json").mkdir()
+        return out
+    monkeypatch.setattr(pgraph, "save_model", save_then_block)
+    with pytest.raises(UsageError, match="--report .*r.json: could not write .*nothing from this run was kept"):
+        api.cut(src, tmp_path / "new" / "o.onnx", report_path=tmp_path / "r.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "r.json"]  # "new" removed, it was ours
+    assert not any((tmp_path / "r.json").iterdir())
+
+
+def test_a_failed_model_write_leaves_no_report_and_no_external_data(tmp_path, monkeypatch):
+    src = tmp_path / "m.onnx"
+    onnx.save(zeroed_net(cout=16), src)  # a 3.5 kB weight: over the lowered limit below
+    (tmp_path / "r.json").write_text("old report\n")
+    monkeypatch.setattr(pgraph, "PROTOBUF_LIMIT", 1000 + (64 << 20))  # written with external data
+    real_replace = pgraph.os.replace
+    data_placed = []
+
+    def full_disk(a, b):  # OUT.data is placed, then renaming the model fails
+        if Path(b) == tmp_path / "sub" / "o.onnx":
+            data_placed.append((tmp_path / "sub" / "o.onnx.data").exists())
+            raise OSError(28, "No space left on device")
+        return real_replace(a, b)
+    monkeypatch.setattr(pgraph.os, "replace", full_disk)
+    with pytest.raises(UsageError, match="-o .*o.onnx: could not write \\(No space left on device\\)"):
+        api.cut(src, tmp_path / "sub" / "o.onnx", report_path=tmp_path / "r.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "r.json"]
+    assert data_placed == [True] and (tmp_path / "r.json").read_text() == "old report\n"
+
+
+def test_a_method_that_diverged_to_nan_weights_is_refused_and_nothing_written(monkeypatch, tmp_path):
+    """The gate compares the cut with the zeroed model, so NaN in both would pass it: the
+    weights a method returns must be finite where the input's were."""
+    def diverged(model, **_):
+        w = onh.to_array(model.graph.initializer[0]).copy()
+        w[0, 0, 0, 0] = np.nan
+        model.graph.initializer[0].CopyFrom(onh.from_array(w, model.graph.initializer[0].name))
+        return model
+
+    monkeypatch.setattr(smof_onnx.methods, "METHODS", {"diverged": diverged}, raising=False)
+    with pytest.raises(VerificationError, match="non-finite weights .* in 1 tensor.*'w1'.*Lower --lr"):
+        api.compress(zeroed_net(), tmp_path / "o.onnx", method="diverged", report_path=tmp_path / "r.json")
+    assert not (tmp_path / "o.onnx").exists() and not (tmp_path / "r.json").exists()

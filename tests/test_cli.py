@@ -299,6 +299,56 @@ def test_an_input_with_external_data_is_read_and_left_alone(tmp_path):
     assert (_sha(src), _sha(tmp_path / "ext.bin")) == digests
 
 
+def test_outputs_on_the_inputs_external_data_are_exit_2_and_the_input_is_untouched(tmp_path, capsys, monkeypatch):
+    # -o / --report on ext.bin replaced the input's weights by the result, and exited 0.
+    calls = []
+    monkeypatch.setattr(smof_onnx.methods, "METHODS", {"fake": _fake_method(calls)}, raising=False)
+    src = tmp_path / "ext.onnx"
+    onnx.save_model(zeroed_net(), src, save_as_external_data=True, location="ext.bin", size_threshold=0)
+    digests = (_sha(src), _sha(tmp_path / "ext.bin"))
+    for extra in (["-o", str(tmp_path / "ext.bin")],
+                  ["-o", str(tmp_path / "o.onnx"), "--report", str(tmp_path / "ext.bin")]):
+        assert main(["compress", str(src), *extra, "--method", "fake", "--target-flops", "1.0"]) == 2
+        assert "holds the weights of the input model" in capsys.readouterr().err
+    assert calls == [] and (_sha(src), _sha(tmp_path / "ext.bin")) == digests
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ext.bin", "ext.onnx"]
+
+
+@pytest.mark.parametrize("output,report,expect", [
+    ("o.onnx", "o.onnx", "the report would replace the model"),   # the JSON silently replaced the model
+    ("o.onnx", "o.onnx.data", "is where the weights of -o"),
+    ("o.onnx", "out", "is a directory; give the file to write"),  # found after the model was written: exit 1
+    ("o.onnx", "afile/r.json", "is a file, not a directory"),
+    ("out", None, "is a directory; give the file to write"),      # found after all the work: exit 1
+])
+def test_bad_destinations_are_exit_2_before_the_method_runs(tmp_path, capsys, monkeypatch, output, report, expect):
+    calls = []
+    monkeypatch.setattr(smof_onnx.methods, "METHODS", {"fake": _fake_method(calls)}, raising=False)
+    src = _save(tmp_path, zeroed_net(zero_ring=False, zero_filters=False))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "afile").write_text("x")
+    argv = ["compress", str(src), "-o", str(tmp_path / output), "--method", "fake"]
+    assert main(argv + ([] if report is None else ["--report", str(tmp_path / report)])) == 2
+    assert expect in capsys.readouterr().err
+    assert calls == [] and sorted(p.name for p in tmp_path.iterdir()) == ["afile", "in.onnx", "out"]
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_write_failing_late_is_exit_2_and_leaves_neither_file(tmp_path, capsys, monkeypatch):
+    src = _save(tmp_path, zeroed_net())
+    real_save = pgraph.save_model
+
+    def save_then_block(model, path, **k):  # the report's place becomes a folder after the checks
+        out = real_save(model, path, **k)
+        if Path(path) == tmp_path / "o.onnx":
+            (tmp_path / "r.json").mkdir()
+        return out
+    monkeypatch.setattr(pgraph, "save_model", save_then_block)
+    assert main(["cut", str(src), "-o", str(tmp_path / "o.onnx"), "--report", str(tmp_path / "r.json")]) == 2
+    assert "nothing from this run was kept" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx", "r.json"]
+
+
 # --- verification failure: exit 3; internal error: exit 1 -----------------------------------------
 
 def _break_cut(monkeypatch):

@@ -165,3 +165,44 @@ def test_batches_cover_every_sample_once_and_shuffle_is_seeded():
     shuffled = [y for _, ys in data.batches(4, shuffle=True, seed=1) for y in ys.tolist()]
     assert sorted(shuffled) == list(range(10)) and shuffled != list(range(10))
     assert shuffled == [y for _, ys in data.batches(4, shuffle=True, seed=1) for y in ys.tolist()]
+
+
+def test_a_file_that_is_no_npz_or_npy_says_so_not_pickled(tmp_path):
+    """A text file named .npz used to get numpy's "contains pickled (object) data" message."""
+    for name in ("x.npz", "x.npy"):
+        (tmp_path / name).write_text("not a zip\n")
+        with pytest.raises(DataError, match=r"x\.np[zy]: is not an \.npz \(zip\) / \.npy file") as info:
+            load_data(tmp_path / name, IMG)
+        assert "pickle" not in str(info.value) and "numpy.savez" in str(info.value)
+        assert exit_code(info.value) == 2
+    (tmp_path / "empty.npz").write_bytes(b"")
+    with pytest.raises(DataError, match="empty.npz: the file is empty"):
+        load_data(tmp_path / "empty.npz", IMG)
+    import pickle
+
+    (tmp_path / "p.npz").write_bytes(pickle.dumps({"x": np.zeros((2, 1, 8, 8), np.float32)}))
+    with pytest.raises(DataError, match="p.npz: is a Python pickle.*not accepted"):
+        load_data(tmp_path / "p.npz", IMG)
+
+
+def test_real_object_arrays_keep_the_pickled_message(tmp_path):
+    np.savez(tmp_path / "obj.npz", x=np.array([None] * 4, dtype=object))
+    with pytest.raises(DataError, match="obj.npz: cannot read the arrays .*object/pickled arrays are not accepted"):
+        load_data(tmp_path / "obj.npz", IMG)
+    np.save(tmp_path / "obj.npy", np.array([None] * 4, dtype=object), allow_pickle=True)
+    with pytest.raises(DataError, match="obj.npy: cannot read the array .*object/pickled arrays are not accepted"):
+        load_data(tmp_path / "obj.npy", IMG)
+
+
+def test_npy_and_npz_are_read_by_content_whatever_the_suffix(tmp_path):
+    x = np.random.default_rng(0).standard_normal((3, 1, 8, 8)).astype(np.float32)
+    with open(tmp_path / "array.npz", "wb") as f:  # np.save on a path would append .npy
+        np.save(f, x)
+    assert np.array_equal(load_data(tmp_path / "array.npz", IMG).inputs["x"], x)
+    with open(tmp_path / "archive.npy", "wb") as f:
+        np.savez(f, x=x)
+    assert np.array_equal(load_data(tmp_path / "archive.npy", IMG).inputs["x"], x)
+    with open(tmp_path / "labelled.npy", "wb") as f:
+        np.savez(f, x=x, labels=np.arange(3))
+    with pytest.raises(DataError, match="labelled.npy: is an .npz archive .*rename it to .npz"):
+        load_data(tmp_path / "labelled.npy", IMG)

@@ -71,3 +71,26 @@ def test_depthwise_conv_counts_channels_once():
     h[term.out_idx[term.out_idx >= 0][: len(term.out_idx) // 2]] = 0
     h = problem.space.effective(h)
     assert problem.budget.ratio(h) == pytest.approx(cut_ratio(problem, h), rel=1e-9)
+
+
+def relu_only():
+    """x[N,3,4,4] -> Relu -> y: no Conv / Gemm / MatMul, so no counted FLOPs."""
+    import onnx
+    import onnx.helper as oh
+
+    f = onnx.TensorProto.FLOAT
+    graph = oh.make_graph([oh.make_node("Relu", ["x"], ["y"], name="relu")], "relu",
+                          [oh.make_tensor_value_info("x", f, ["N", 3, 4, 4])],
+                          [oh.make_tensor_value_info("y", f, ["N", 3, 4, 4])])
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+
+
+def test_a_model_without_flops_keeps_all_of_its_zero_flops():
+    """0 / 0 is "everything kept" (ratio 1), never a ZeroDivisionError, for numpy and torch gates."""
+    p = prepare(relu_only(), None, multiple=1)
+    assert p.budget.total == 0 and p.space.size == 0
+    assert p.budget.flops(np.ones(0)) == 0
+    assert p.budget.ratio(np.ones(0)) == 1.0
+    torch = pytest.importorskip("torch")
+    r = p.budget.ratio(torch.ones(0, dtype=torch.float64))
+    assert isinstance(r, torch.Tensor) and float(r) == 1.0

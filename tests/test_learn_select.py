@@ -85,3 +85,13 @@ def test_fit_budget_says_why_when_no_gate_is_left_to_drop():
     p = prepare(tiny_cnn(width=16), None, kernel=False, multiple=0)
     with pytest.raises(UnsupportedModelError, match="FLOPs target 0.001 cannot be reached"):
         fit_budget(p, np.ones(p.space.size), np.ones(p.space.size), 0.001)
+
+
+def test_a_model_without_flops_is_a_clear_error_not_a_division_by_zero():
+    from tests.test_learn_budget import relu_only
+
+    p = prepare(relu_only(), None, multiple=1)
+    assert cut_ratio(p, np.ones(0)) == 1.0
+    for target in (1.0, 0.5):
+        with pytest.raises(UnsupportedModelError, match="nothing to compress: the model has no Conv"):
+            select(p, np.ones(0), target)

@@ -302,3 +302,71 @@ def test_finetune_fixed_keeps_zeros_at_zero_and_reduces_the_loss():
     assert train.feature_taps(zeroed)
     assert staged.SerializeToString() != plain.SerializeToString()
     assert cut_shapes(staged) == cut_shapes(zeroed)
+
+
+def _batch_one_export(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` as exporters write it at batch 1: static input / output batch, the flatten
+    before the head a Reshape to [1, -1]."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for vi in [*out.graph.input, *out.graph.output]:
+        vi.type.tensor_type.shape.dim[0].dim_value = 1
+    flatten = next(n for n in out.graph.node if n.op_type == "Flatten")
+    flatten.op_type = "Reshape"
+    del flatten.attribute[:]
+    flatten.input.append("flat_shape")
+    out.graph.initializer.append(onnx.numpy_helper.from_array(np.array([1, -1], np.int64), "flat_shape"))
+    onnx.checker.check_model(out)
+    return out
+
+
+def test_teacher_outputs_of_a_batch_one_model_go_one_sample_at_a_time():
+    model = _batch_one_export(tiny_cnn())
+    module = OnnxModule(model).eval()
+    assert module.model_batch == 1
+    x = np.random.default_rng(0).standard_normal((5, 3, 8, 8)).astype(np.float32)
+    out = train.teacher_outputs(module, as_calibration({"x": x}, model), 4)[0]
+    reference = OnnxModule(tiny_cnn()).eval()
+    with torch.no_grad():
+        want = reference(torch.from_numpy(x))[0]
+    assert out.shape == (5, 5)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
+
+
+def test_whole_batches_fill_the_last_batch_of_an_epoch_from_its_start():
+    data = as_calibration({"x": np.zeros((10, 3, 8, 8), np.float32)}, tiny_cnn())
+    settings = train.TrainSettings(search_epochs=1, finetune_epochs=1, lr=1e-3, batch_size=4, seed=0,
+                                   whole_batches=True)
+    batches = train._epochs(data, settings)
+    epoch = [next(batches) for _ in range(3)]
+    assert [len(b) for b in epoch] == [4, 4, 4]
+    assert set(np.concatenate(epoch)) == set(range(10))
+    plain = train._epochs(data, dataclasses.replace(settings, whole_batches=False))
+    assert [len(next(plain)) for _ in range(3)] == [4, 4, 2]
+
+
+def test_finetune_fixed_trains_a_batch_one_export_in_batches_and_keeps_its_interface():
+    """The Reshape to [1, -1] fails on a batch of 16 unless the batch is freed for training
+    (:mod:`smof_onnx.batching`); the result is the user's graph, batch 1, with new weights."""
+    model = _batch_one_export(tiny_cnn())
+    rng = np.random.default_rng(0)
+    arrays = {"x": rng.standard_normal((32, 3, 8, 8)).astype(np.float32), "labels": rng.integers(0, 5, 32)}
+    tuned = train.finetune_fixed(model, arrays, 1, batch_size=16, progress_bars=False)
+    assert [d.dim_value for d in tuned.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 8, 8]
+    shape = {i.name: onnx.numpy_helper.to_array(i).tolist() for i in tuned.graph.initializer}["flat_shape"]
+    assert shape == [1, -1]
+    before = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    after = {i.name: onnx.numpy_helper.to_array(i) for i in tuned.graph.initializer}
+    assert set(before) == set(after) and not np.array_equal(before["w1"], after["w1"])
+    onnx.checker.check_model(tuned)
+
+
+def test_labels_out_of_the_classifiers_range_are_refused_before_training():
+    from smof_onnx.errors import DataError
+
+    teacher = [torch.randn(4, 10)]
+    train.check_labels(np.array([0, 9, 3, 1]), teacher)  # in range: nothing to say
+    train.check_labels(None, teacher)
+    train.check_labels(np.array([50, 60]), [torch.randn(2, 1, 4, 4)])  # no classifier output: unused
+    with pytest.raises(DataError, match="labels go up to 108, but the model's classifier output has 10"):
+        train.check_labels(np.array([100, 108, 3, 1]), teacher)

@@ -114,3 +114,21 @@ def test_target_latency_meets_the_predicted_latency_and_reports_the_measured(mon
     # conv MACs are FLOPs here and the convs are nearly all of them: the FLOPs follow
     assert result.settings["flops_ratio_cut"] <= 0.55
     assert list(tmp_path.glob("latency/*.json")), "the table is cached under $SMOF_CACHE"
+
+
+@pytest.mark.parametrize("target", ["1.0", "0.5"])
+def test_a_model_without_flops_is_a_usage_error_not_a_crash(target, tmp_path, capsys):
+    """As smof ("nothing to learn"), l2 refuses a model with nothing to compress: exit 2, no output."""
+    import onnx
+
+    from smof_onnx.cli import main
+    from smof_onnx.errors import UnsupportedModelError, exit_code
+    from tests.test_learn_budget import relu_only
+
+    with pytest.raises(UnsupportedModelError, match="nothing to compress") as info:
+        METHODS["l2"](relu_only(), target_flops=float(target))
+    assert exit_code(info.value) == 2
+    src, out = tmp_path / "relu.onnx", tmp_path / "out.onnx"
+    onnx.save(relu_only(), src)
+    assert main(["compress", str(src), "-o", str(out), "--method", "l2", "--target-flops", target]) == 2
+    assert "nothing to compress" in capsys.readouterr().err and not out.exists()

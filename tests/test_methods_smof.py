@@ -139,3 +139,72 @@ def test_target_latency_alone_constrains_the_predicted_latency(monkeypatch, tmp_
     assert lat["predicted_ratio"] <= 0.6 and lat["measured_ratio"] > 0 and lat["bench_batch"] == 4
     assert report["flops"]["ratio"] <= 0.65  # the convs are nearly all of the FLOPs
     assert report["verify"]["max_rel_err"] <= 1e-5
+
+
+# --- non-finite and mistyped options are usage errors (exit 2), found before anything trains ---
+
+@pytest.mark.parametrize("option, value", [
+    ("lr", float("nan")), ("lr", float("inf")), ("lr", 0.0),
+    ("feature_distill", float("nan")), ("feature_distill", float("inf")),
+    ("target_latency", float("nan")), ("target_latency", float("inf")),
+    ("val_split", float("nan")), ("target_flops", float("nan")),
+    ("epochs", float("nan")), ("batch_size", 2.5), ("lr", "fast"),
+])
+def test_non_finite_or_mistyped_options_are_usage_errors(option, value, monkeypatch):
+    from smof_onnx.errors import UsageError, exit_code
+    from smof_onnx.learn import train
+
+    monkeypatch.setattr(train, "search", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained")))
+    opts = {**FAST, option: value}
+    with pytest.raises(UsageError, match=f"--{option.replace('_', '-')}") as info:
+        METHODS["smof"](tiny_cnn(), tiny_data(), **opts)
+    assert exit_code(info.value) == 2
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_cli_lr_nan_exits_2_with_a_message(value, tmp_path, capsys):
+    from smof_onnx.cli import main
+
+    src, data = tmp_path / "m.onnx", tmp_path / "d.npz"
+    onnx.save(tiny_cnn(), src)
+    np.savez(data, **tiny_data(8))
+    code = main(["compress", str(src), "-o", str(tmp_path / "o.onnx"), "--method", "smof", "--data", str(data),
+                 "--epochs", "1", "--finetune-epochs", "1", "--threads", "1", "--lr", value])
+    assert code == 2
+    assert "--lr" in capsys.readouterr().err and not (tmp_path / "o.onnx").exists()
+
+
+def _batch_one_reshape_export(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` as exported at batch 1: static batch, a Reshape to [1, -1] before the head."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for vi in [*out.graph.input, *out.graph.output]:
+        vi.type.tensor_type.shape.dim[0].dim_value = 1
+    flatten = next(n for n in out.graph.node if n.op_type == "Flatten")
+    flatten.op_type = "Reshape"
+    del flatten.attribute[:]
+    flatten.input.append("flat_shape")
+    out.graph.initializer.append(onnx.numpy_helper.from_array(np.array([1, -1], np.int64), "flat_shape"))
+    return out
+
+
+def test_a_batch_one_export_trains_in_batches_and_keeps_batch_one():
+    model = _batch_one_reshape_export(tiny_cnn())
+    cut, report = api.compress(model, data=tiny_data(), method="smof", target_flops=0.5, **FAST)
+    assert report["method"]["batching"] == {"model_batch": 1, "freed": True}
+    assert report["method"]["batch_size"] == 16 and report["flops"]["ratio"] <= 0.51
+    assert [d.dim_value for d in cut.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 8, 8]
+    x = tiny_data(1)["x"]
+    assert session(cut).run(None, {"x": x})[0].shape == (1, 5)
+
+
+def test_half_precision_weights_are_refused_before_training():
+    from onnx import numpy_helper
+
+    from smof_onnx.errors import UnsupportedModelError
+
+    model = tiny_cnn()
+    for init in model.graph.initializer:
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name))
+    with pytest.raises(UnsupportedModelError, match="float16; training .* needs float32 weights"):
+        METHODS["smof"](model, {"x": tiny_data()["x"].astype(np.float16)}, target_flops=0.5, **FAST)

@@ -87,7 +87,12 @@ class FlopsBudget:
         return total
 
     def ratio(self, g):
-        return self.flops(g) / self.total
+        """``flops(g)`` over the model's FLOPs; 1 for a model without counted FLOPs (0 / 0: there is
+        nothing to remove, so all of it is kept). Stays a tensor of ``g`` when ``g`` is one."""
+        f = self.flops(g)
+        if self.total <= 0:
+            return f * 0.0 + 1.0
+        return f / self.total
 
     def _mean(self, ext, idx: np.ndarray, i: int, side: str, is_torch: bool):
         if (idx < 0).all():

@@ -33,6 +33,7 @@ from torch import nn
 
 from passes.graph import node_attributes
 
+from ..batching import fixed_batch
 from .ops import OPS, Node, UnsupportedOpError
 from .ops_tensor import constant_value
 
@@ -123,6 +124,8 @@ class OnnxModule(nn.Module):
             self._steps.append((OPS[node.op_type].fn, ctx, list(node.input), list(node.output)))
 
         self.input_names = [i.name for i in graph.input if i.name not in consts]
+        # the batch every call must have (None: any); :mod:`smof_onnx.batching` frees it for training
+        self.model_batch = fixed_batch(model)
         self.output_names = [o.name for o in graph.output]
         self._check_dataflow(consts)
 

@@ -57,7 +57,7 @@ class Masks:
                     entries[lo] = entries[hi] = e
                 vec = torch.stack(entries).reshape([-1 if d == a else 1 for d in range(len(spatial))])
                 mask = vec if mask is None else mask * vec
-            return w if mask is None else w * mask
+            return w if mask is None else w * mask.to(w.dtype)  # the gates are float32; the weight may be fp16 / fp64
 
         return fn
 

@@ -40,7 +40,7 @@ from ..errors import UnsupportedModelError
 from .budget import FlopsBudget, build_budget
 from .gates import GateSpace, build_gate_space
 
-__all__ = ["Problem", "prepare", "select", "fit_budget", "cut_ratio", "FINE_MULTIPLE"]
+__all__ = ["Problem", "prepare", "select", "fit_budget", "cut_ratio", "check_has_flops", "FINE_MULTIPLE"]
 
 # The fill step of the automatic channel rule: families held to multiples of 16 may take 8 more
 # channels when a whole 16 no longer fits (VGG at 0.5 stopped at 0.455 of the FLOPs otherwise).
@@ -78,8 +78,19 @@ def prepare(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | 
     return Problem(canonical, shapes, cost, analysis, space, budget)
 
 
+def check_has_flops(problem: Problem) -> None:
+    """Raise :class:`UnsupportedModelError` when the model has no counted FLOPs: a FLOPs target
+    means nothing there and no gate can lower it."""
+    if problem.cost.flops <= 0:
+        raise UnsupportedModelError(
+            "nothing to compress: the model has no Conv, ConvTranspose, Gemm or MatMul FLOPs, so there "
+            "is no FLOPs target to meet (see `smof-onnx inspect` for what the model holds)")
+
+
 def cut_ratio(problem: Problem, h: np.ndarray) -> float:
-    """FLOPs of the really cut zeroed model over the original's."""
+    """FLOPs of the really cut zeroed model over the original's (1 when the original has none)."""
+    if problem.cost.flops <= 0:
+        return 1.0
     zeroed = problem.space.apply(problem.model, h)
     result = pipeline.cut(pgraph.to_graph(zeroed), problem.shapes)
     return count_cost(pgraph.to_model(result.graph), problem.shapes).flops / problem.cost.flops
@@ -177,7 +188,9 @@ def fit_budget(problem: Problem, h: np.ndarray, scores: np.ndarray, target: floa
 def select(problem: Problem, scores: np.ndarray, target: float, *, threshold: float = 0.5,
            rounds: int = 5, check: bool = True, extra: Sequence = ()) -> tuple[np.ndarray, dict[str, float]]:
     """Binary gates meeting ``target`` for the cut model (and every ``extra`` budget's target);
-    returns (h, {"estimated", "cut"})."""
+    returns (h, {"estimated", "cut"}). Raises :class:`UnsupportedModelError` for a model without
+    FLOPs (:func:`check_has_flops`) and when dropping every gate is not enough."""
+    check_has_flops(problem)
     s = np.asarray(scores, np.float64)
     h = problem.space.effective(problem.space.binarize(s, threshold))
     goal = target

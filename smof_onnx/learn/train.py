@@ -86,7 +86,9 @@ from torch.nn import functional as F
 
 from passes.graph import node_attributes
 
+from ..batching import Batching, free_batch
 from ..data import CalibrationData
+from ..errors import DataError, UnsupportedModelError
 from ..methods import FEATURE_DISTILL
 from .masking import Masks
 from .select import Problem, fit_budget
@@ -116,6 +118,15 @@ class TrainSettings:
     temperature: float = 1.0
     batchnorm: bool = True
     feature_weight: float = 0.0
+    whole_batches: bool = False
+
+
+def batched(settings: TrainSettings, batching: Batching) -> TrainSettings:
+    """``settings`` for a model whose batch :func:`smof_onnx.batching.free_batch` could not
+    free: its own batch size, every batch whole, no mixing (a mixed batch is twice as long)."""
+    if batching.free:
+        return settings
+    return dataclasses.replace(settings, batch_size=batching.fixed, mix=False, whole_batches=True)
 
 
 def attach_batchnorm(module, data: CalibrationData, settings: TrainSettings):
@@ -153,11 +164,23 @@ def torch_threads(n: int | None):
         torch.set_num_threads(before)
 
 
+def _chunks(module, n: int, batch: int):
+    """Index arrays covering ``range(n)`` in order, ``batch`` at a time; for a module whose model
+    takes only its own batch (``model_batch``), that many each, the last one padded by repeating
+    its last sample (callers drop what they do not need)."""
+    fixed = getattr(module, "model_batch", None)
+    batch = fixed or batch
+    for i in range(0, n, batch):
+        idx = np.arange(i, min(i + batch, n))
+        if fixed and len(idx) < fixed:
+            idx = np.concatenate([idx, np.full(fixed - len(idx), idx[-1])])
+        yield idx
+
+
 def _plain_batches(module, data: CalibrationData, batch: int):
     """Unmixed batches of the first BN_SAMPLES samples, made one at a time (inputs can be large)."""
-    n = min(len(data), BN_SAMPLES)
-    for i in range(0, n, batch):
-        yield _feeds(data, module.input_names, np.arange(i, min(i + batch, n)))
+    for idx in _chunks(module, min(len(data), BN_SAMPLES), batch):
+        yield _feeds(data, module.input_names, idx)
 
 
 def output_kinds(outputs: tuple[torch.Tensor, ...]) -> list[str]:
@@ -172,10 +195,37 @@ def _feeds(data: CalibrationData, names: list[str], idx: np.ndarray) -> list[tor
 def teacher_outputs(module, data: CalibrationData, batch: int) -> list[torch.Tensor]:
     """The original model's outputs on every sample (the module must carry no gates)."""
     outs: list[list[torch.Tensor]] = []
-    for i in range(0, len(data), batch):
-        res = module(*_feeds(data, module.input_names, np.arange(i, min(i + batch, len(data)))))
+    for idx in _chunks(module, len(data), batch):
+        res = module(*_feeds(data, module.input_names, idx))
         outs.append([r.detach().float() for r in res])
-    return [torch.cat(col) for col in zip(*outs)]
+    return [torch.cat(col)[:len(data)] for col in zip(*outs)]
+
+
+HALF_TYPES = {onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.BFLOAT16: "bfloat16"}
+
+
+def check_trainable(model: onnx.ModelProto) -> None:
+    """Training runs Adam on the model's own weights: in float16 its epsilon rounds to 0 and the
+    weights turn NaN (measured on a tiny fp16 CNN), so half-precision weights are refused up front."""
+    half = sorted({HALF_TYPES[i.data_type] for i in model.graph.initializer if i.data_type in HALF_TYPES})
+    if half:
+        raise UnsupportedModelError(
+            f"the model keeps weights in {' and '.join(half)}; training (--method smof, and fine-tuning with "
+            "--data) needs float32 weights: convert the model to float32, compress it, then convert the result "
+            "back, or use --method l2 without --data (data-free, works on half-precision models)")
+
+
+def check_labels(labels: np.ndarray | None, teacher: list[torch.Tensor]) -> None:
+    """Labels index the classifier output's logits: raise :class:`DataError` before any training
+    when one is out of range (cross-entropy would fail deep inside the first step)."""
+    kinds = output_kinds(tuple(t[:1] for t in teacher))
+    if labels is None or len(labels) == 0 or "logits" not in kinds:
+        return
+    classes = int(teacher[kinds.index("logits")].shape[1])
+    if int(labels.max()) >= classes:
+        raise DataError(f"labels go up to {int(labels.max())}, but the model's classifier output has {classes} "
+                        f"classes (labels must be 0..{classes - 1}); give labels that index the model's output, "
+                        "or leave them out (distillation needs none)")
 
 
 def distill_loss(student, teacher, kinds: list[str], temperature: float = 1.0) -> torch.Tensor:
@@ -337,11 +387,16 @@ class _Bar:
 
 
 def _epochs(data: CalibrationData, settings: TrainSettings):
+    """Shuffled index batches, epoch after epoch; with ``whole_batches`` (a model that takes only
+    its own batch size) the last batch of an epoch is filled from the start of the same order."""
     n, bs = len(data), settings.batch_size
     for epoch in range(10**9):
         order = np.random.default_rng([settings.seed, epoch]).permutation(n)
         for i in range(0, n, bs):
-            yield order[i:i + bs]
+            idx = order[i:i + bs]
+            if settings.whole_batches and len(idx) < bs:
+                idx = np.concatenate([idx, np.resize(order, bs - len(idx))])
+            yield idx
 
 
 def _labels(data: CalibrationData, idx: np.ndarray) -> torch.Tensor | None:
@@ -474,17 +529,26 @@ def finetune_fixed(model: onnx.ModelProto, data, epochs: int, *, lr: float | Non
     from .executor import OnnxModule
 
     calib = as_calibration(data, model, input_shapes)
+    if calib is not None and epochs > 0:
+        check_trainable(model)
     if calib is None or epochs <= 0:
         out = onnx.ModelProto()
         out.CopyFrom(model)
         return out
     settings = TrainSettings(search_epochs=0, finetune_epochs=int(epochs), lr=lr or 1e-3, batch_size=batch_size,
                              seed=seed, progress=progress_bars, feature_weight=float(feature_distill))
+    student_batch = free_batch(model, calib.inputs)
+    teacher_batch = student_batch if teacher is None else free_batch(teacher, calib.inputs)
+    batching = student_batch if not student_batch.free else teacher_batch
+    settings = batched(settings, batching)
+    run_student, run_teacher = ((student_batch.model, teacher_batch.model) if batching.free
+                                else (model, model if teacher is None else teacher))
     with torch.random.fork_rng(devices=[]), torch_threads(threads):
         torch.manual_seed(seed)
-        teacher_module = OnnxModule(model if teacher is None else teacher).eval()
-        targets = teacher_outputs(teacher_module, calib, batch_size)
-        student = OnnxModule(model).eval()
+        teacher_module = OnnxModule(run_teacher).eval()
+        targets = teacher_outputs(teacher_module, calib, settings.batch_size)
+        check_labels(calib.labels, targets)
+        student = OnnxModule(run_student).eval()
         attach_feature_taps(student, teacher_module, model, settings)
         params = [p for _, p in student.named_onnx_parameters()]
         keep = [(p, (p.detach() != 0).to(p.dtype)) for p in params if p.is_floating_point()]
@@ -502,7 +566,7 @@ def finetune_fixed(model: onnx.ModelProto, data, epochs: int, *, lr: float | Non
 
         _fit(student, calib, targets, settings, teacher_module, "fine-tune (zeros fixed)", {}, mask)
         fold_batchnorm(bn, student, calib, settings)
-        return student.state_to_onnx(model)
+        return student.state_to_onnx(model)  # the trained weights in the user's graph, batch as it was
 
 
 @torch.no_grad()

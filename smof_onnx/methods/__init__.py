@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
+import numbers
 from typing import Any, Callable, Mapping, Sequence
 
 import onnx
@@ -45,6 +47,10 @@ class MethodResult:
 # Default weight of the stage-output distillation (``--feature-distill``): smof's training and
 # the l2 / qr fine-tunes read it here, so the torch-free qr settings need not import the trainer.
 FEATURE_DISTILL = 1.0
+
+
+_INT_FIELDS = ("epochs", "finetune_epochs", "batch_size", "seed", "channel_multiple", "bench_batch", "threads")
+_FLOAT_FIELDS = ("target_flops", "target_latency", "lr", "val_split", "feature_distill")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +91,15 @@ class CompressConfig:
     progress_bars: bool = True
 
     def __post_init__(self):
+        # Types first (API callers pass anything; a NaN epoch count would pass every comparison below).
+        for name in _INT_FIELDS:
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral)):
+                raise UsageError(f"--{name.replace('_', '-')} {v!r}: must be a whole number")
+        for name in _FLOAT_FIELDS:
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real)):
+                raise UsageError(f"--{name.replace('_', '-')} {v!r}: must be a number")
         if not 0 < self.target_flops <= 1:
             raise UsageError(f"--target-flops {self.target_flops}: must be in (0, 1]")
         if self.target_latency is not None and not 0 < self.target_latency <= 1:
@@ -101,10 +116,14 @@ class CompressConfig:
             raise UsageError(f"--channel-multiple {self.channel_multiple}: must be >= 1, or 0 for the per-layer rule")
         if not 0 <= self.val_split < 1:
             raise UsageError(f"--val-split {self.val_split}: must be in [0, 1)")
-        if self.feature_distill is not None and not self.feature_distill >= 0:
-            raise UsageError(f"--feature-distill {self.feature_distill}: must be >= 0 (0 turns it off)")
-        if self.lr is not None and self.lr <= 0:
-            raise UsageError(f"--lr {self.lr}: must be > 0")
+        # NaN fails every comparison, so each float check is written to fail for NaN too, and
+        # the unbounded ones ask for a finite number (inf would train to NaN weights).
+        if self.feature_distill is not None and not (self.feature_distill >= 0 and math.isfinite(self.feature_distill)):
+            raise UsageError(f"--feature-distill {self.feature_distill}: must be a finite number >= 0 "
+                             "(0 turns it off, 1 is the default)")
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UsageError(f"--lr {self.lr}: must be a finite number > 0 (e.g. 1e-3; leave it out for the "
+                             "method's default)")
         if not (self.kernel or self.channel):
             raise UsageError("--no-kernel together with --no-channel leaves nothing to compress")
 

@@ -28,7 +28,7 @@ from onnx import numpy_helper
 from ..data import as_calibration
 from ..errors import UsageError
 from ..learn.gates import GateSpace
-from ..learn.select import prepare, select
+from ..learn.select import check_has_flops, prepare, select
 from . import CompressConfig, MethodResult
 from .latency import latency_budget, latency_report
 
@@ -89,6 +89,7 @@ def run(model: onnx.ModelProto, data, config: CompressConfig) -> MethodResult:
     start = time.perf_counter()
     problem = prepare(model, config.input_shapes, kernel=config.kernel, channel=config.channel,
                       multiple=config.channel_multiple)
+    check_has_flops(problem)  # before the latency table is timed (a model without FLOPs has nothing to cut)
     latency = latency_budget(problem, config)
     extra = [] if latency is None else [(latency, config.target_latency)]
     s = scores(problem.model, problem.space)

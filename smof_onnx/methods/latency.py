@@ -2,7 +2,8 @@
 
 - :func:`latency_budget`: None without ``target_latency``; else the predicted-latency budget of
   the problem's canonical model (:mod:`smof_onnx.learn.latency_budget`), its table measured by
-  ONNX Runtime at ``bench_batch`` with 2 intra-op threads (the bench setting; cached per model,
+  ONNX Runtime at ``bench_batch`` (:func:`bench_batch`: the model's own batch when its inputs fix
+  one) with 2 intra-op threads (the bench setting; cached per model,
   settings and machine).
 - :func:`correct_by_measurement`: the table times each conv alone, so its prediction of the
   whole cut model can be off either way (measured: the default model at ``--target-latency
@@ -36,11 +37,12 @@ import onnx
 from passes import graph as pgraph
 from passes import pipeline
 
+from ..batching import fixed_batch
 from ..errors import UnsupportedModelError
 from ..learn.latency_budget import DEFAULT_THREADS, LatencyBudget, build_latency_budget
 from . import CompressConfig
 
-__all__ = ["latency_budget", "latency_report", "correct_by_measurement", "Correction"]
+__all__ = ["latency_budget", "latency_report", "correct_by_measurement", "Correction", "bench_batch"]
 
 MEASURE_S = 4.0
 # A timed model this far under the latency target (fraction of the original's time) is close
@@ -78,18 +80,24 @@ def latency_budget(problem, config: CompressConfig) -> LatencyBudget | None:
 
     try:
         return build_latency_budget(problem.model, problem.shapes, problem.budget.terms, problem.space,
-                                    batch=config.bench_batch, threads=DEFAULT_THREADS, progress=progress)
+                                    batch=bench_batch(problem, config), threads=DEFAULT_THREADS, progress=progress)
     finally:
         if bar is not None:
             bar.close()
+
+
+def bench_batch(problem, config: CompressConfig) -> int:
+    """``config.bench_batch``, or the model's own batch when its inputs fix one (it runs no other)."""
+    return fixed_batch(problem.model) or config.bench_batch
 
 
 def _measure(problem, zeroed: onnx.ModelProto, config: CompressConfig):
     from ..verify import compare_latency
 
     cut = pgraph.to_model(pipeline.cut(pgraph.to_graph(zeroed), problem.shapes).graph)
-    bench = {k: [config.bench_batch, *list(v)[1:]] for k, v in problem.shapes.items()}
-    return compare_latency(problem.model, cut, bench, threads=DEFAULT_THREADS, batch=config.bench_batch,
+    batch = bench_batch(problem, config)
+    bench = {k: [batch, *list(v)[1:]] for k, v in problem.shapes.items()}
+    return compare_latency(problem.model, cut, bench, threads=DEFAULT_THREADS, batch=batch,
                            budget_s=MEASURE_S)
 
 
@@ -158,5 +166,5 @@ def latency_report(problem, latency: LatencyBudget, zeroed: onnx.ModelProto, h: 
             "predicted_ms": round(float(latency.ms(e)), 4), "predicted_ms_before": round(float(latency.total), 4),
             "measured_ratio": round(cmp.b.median_ms / cmp.a.median_ms, 4),
             "measured_ms": round(cmp.b.median_ms, 4), "measured_ms_before": round(cmp.a.median_ms, 4),
-            "self_ratio": round(cmp.self_ratio, 4), "bench_batch": config.bench_batch,
+            "self_ratio": round(cmp.self_ratio, 4), "bench_batch": bench_batch(problem, config),
             "threads": DEFAULT_THREADS}

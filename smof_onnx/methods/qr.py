@@ -77,8 +77,9 @@ from passes.analysis.channels import analyze_channels
 from passes.analysis.flops import count_cost
 from passes.graph import to_graph, to_model
 
+from ..batching import fixed_batch
 from ..data import as_calibration
-from ..errors import SmofError, UsageError
+from ..errors import DataError, SmofError, UsageError
 from ..features import collect
 from . import FEATURE_DISTILL, CompressConfig, MethodResult
 from .qr_alloc import LayerFlops, allocate
@@ -263,6 +264,13 @@ def run(model: onnx.ModelProto, data, config: QRConfig | CompressConfig) -> Meth
     sites = list({m.site.node: m.site for u in units for m in u.members}.values())
     site_ids = {s.node: i for i, s in enumerate(sites)}
     config = dataclasses.replace(config, batch_size=_batch_size(canon, shapes, sites, config))
+    model_batch = fixed_batch(canon)
+    if model_batch is not None:  # ONNX Runtime feeds only the declared batch: whole batches of it
+        whole = len(next(iter(data.values()))) // model_batch * model_batch
+        if whole == 0:
+            raise DataError(f"the model takes batches of exactly {model_batch} samples; the data has fewer")
+        config = dataclasses.replace(config, batch_size=model_batch)
+        data = {k: v[:whole] for k, v in data.items()}
     stats = collect(canon, data, sites, max_positions=config.max_positions, batch_size=config.batch_size,
                     seed=config.seed, keep_outputs=config.reconstruct == "sequential", threads=config.threads)
     t_collect = time.perf_counter()

@@ -21,11 +21,13 @@ Needs torch and data; ``--method l2`` is the data-free, torch-free baseline.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
 import onnx
 
+from ..batching import free_batch
 from ..data import as_calibration
 from ..errors import DataError, UsageError
 from . import CompressConfig, MethodResult
@@ -46,6 +48,8 @@ def run(model: onnx.ModelProto, data, config: CompressConfig) -> MethodResult:
     from ..learn.executor import OnnxModule
     from ..learn.select import prepare, select
 
+    train.check_trainable(model)
+
     start = time.perf_counter()
     problem = prepare(model, config.input_shapes, kernel=config.kernel, channel=config.channel,
                       multiple=config.channel_multiple)
@@ -58,13 +62,16 @@ def run(model: onnx.ModelProto, data, config: CompressConfig) -> MethodResult:
     select(problem, np.zeros(problem.space.size), config.target_flops, check=False, extra=extra)
     calib = as_calibration(calib, problem.model, config.input_shapes)
     train_set, val_set = calib.split(config.val_split, config.seed)
-    settings = train.make_settings(config, len(train_set))
+    batching = free_batch(problem.model, train_set.inputs)  # most exports fix the batch at 1
+    settings = train.batched(train.make_settings(
+        dataclasses.replace(config, batch_size=batching.batch_size(config.batch_size)), len(train_set)), batching)
 
     with torch.random.fork_rng(devices=[]), train.torch_threads(config.threads):
         torch.manual_seed(config.seed)
-        teacher_module = OnnxModule(problem.model).eval()
+        teacher_module = OnnxModule(batching.model).eval()
         teacher = train.teacher_outputs(teacher_module, train_set, settings.batch_size)
-        student = OnnxModule(problem.model).eval()
+        train.check_labels(calib.labels, teacher)
+        student = OnnxModule(batching.model).eval()
         taps = train.attach_feature_taps(student, teacher_module, problem.model, settings)
         bn = train.attach_batchnorm(student, train_set, settings)
         scores = train.search(problem, student, train_set, teacher, config.target_flops, settings, teacher_module,
@@ -92,6 +99,8 @@ def run(model: onnx.ModelProto, data, config: CompressConfig) -> MethodResult:
                     "flops_ratio_estimated": ratios["estimated"], "flops_ratio_cut": ratios["cut"],
                     "channel_cost": settings.channel_cost, "feature_distill": settings.feature_weight,
                     "feature_taps": taps}
+    if batching.report() is not None:
+        settings_out["batching"] = batching.report()
     if latency is not None:
         settings_out["latency"] = latency_report(problem, latency, zeroed, h, config)
         settings_out["latency"]["selection_rounds"] = corrections
