@@ -46,6 +46,21 @@ def tiny_cnn(seed: int = 0, width: int = 8, classes: int = 5) -> onnx.ModelProto
     return model
 
 
+def tiny_cnn_batch_one(seed: int = 0) -> onnx.ModelProto:
+    """:func:`tiny_cnn` as exporters write it at batch 1: static input / output batch, the
+    flatten before the head a Reshape to [1, -1] (the batch baked into a constant)."""
+    model = tiny_cnn(seed)
+    for vi in [*model.graph.input, *model.graph.output]:
+        vi.type.tensor_type.shape.dim[0].dim_value = 1
+    flatten = next(n for n in model.graph.node if n.op_type == "Flatten")
+    flatten.op_type = "Reshape"
+    del flatten.attribute[:]
+    flatten.input.append("flat_shape")
+    model.graph.initializer.append(onh.from_array(np.array([1, -1], np.int64), "flat_shape"))
+    onnx.checker.check_model(model)
+    return model
+
+
 def cut_model(model: onnx.ModelProto, shapes) -> onnx.ModelProto:
     return pgraph.to_model(pipeline.cut(pgraph.to_graph(model), shapes).graph)
 

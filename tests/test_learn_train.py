@@ -16,7 +16,7 @@ from smof_onnx.learn import train  # noqa: E402
 from smof_onnx.learn.executor import OnnxModule  # noqa: E402
 from smof_onnx.learn.select import prepare  # noqa: E402
 from smof_onnx.methods import CompressConfig  # noqa: E402
-from tests.test_learn_gates import tiny_cnn  # noqa: E402
+from tests.test_learn_gates import tiny_cnn, tiny_cnn_batch_one  # noqa: E402
 
 
 def test_distillation_is_zero_for_the_teacher_itself_and_positive_otherwise():
@@ -304,24 +304,8 @@ def test_finetune_fixed_keeps_zeros_at_zero_and_reduces_the_loss():
     assert cut_shapes(staged) == cut_shapes(zeroed)
 
 
-def _batch_one_export(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` as exporters write it at batch 1: static input / output batch, the flatten
-    before the head a Reshape to [1, -1]."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for vi in [*out.graph.input, *out.graph.output]:
-        vi.type.tensor_type.shape.dim[0].dim_value = 1
-    flatten = next(n for n in out.graph.node if n.op_type == "Flatten")
-    flatten.op_type = "Reshape"
-    del flatten.attribute[:]
-    flatten.input.append("flat_shape")
-    out.graph.initializer.append(onnx.numpy_helper.from_array(np.array([1, -1], np.int64), "flat_shape"))
-    onnx.checker.check_model(out)
-    return out
-
-
 def test_teacher_outputs_of_a_batch_one_model_go_one_sample_at_a_time():
-    model = _batch_one_export(tiny_cnn())
+    model = tiny_cnn_batch_one()
     module = OnnxModule(model).eval()
     assert module.model_batch == 1
     x = np.random.default_rng(0).standard_normal((5, 3, 8, 8)).astype(np.float32)
@@ -348,7 +332,7 @@ def test_whole_batches_fill_the_last_batch_of_an_epoch_from_its_start():
 def test_finetune_fixed_trains_a_batch_one_export_in_batches_and_keeps_its_interface():
     """The Reshape to [1, -1] fails on a batch of 16 unless the batch is freed for training
     (:mod:`smof_onnx.batching`); the result is the user's graph, batch 1, with new weights."""
-    model = _batch_one_export(tiny_cnn())
+    model = tiny_cnn_batch_one()
     rng = np.random.default_rng(0)
     arrays = {"x": rng.standard_normal((32, 3, 8, 8)).astype(np.float32), "labels": rng.integers(0, 5, 32)}
     tuned = train.finetune_fixed(model, arrays, 1, batch_size=16, progress_bars=False)

@@ -17,7 +17,7 @@ from smof_onnx import api  # noqa: E402
 from smof_onnx.errors import DataError  # noqa: E402
 from smof_onnx.methods import METHODS  # noqa: E402
 from tests.helpers import session  # noqa: E402
-from tests.test_learn_gates import conv_weights, tiny_cnn  # noqa: E402
+from tests.test_learn_gates import conv_weights, tiny_cnn, tiny_cnn_batch_one  # noqa: E402
 
 FAST = dict(epochs=3, finetune_epochs=1, batch_size=16, channel_multiple=1, progress_bars=False)
 DEFAULT = Path(__file__).resolve().parents[1] / "models" / "default"
@@ -174,22 +174,8 @@ def test_cli_lr_nan_exits_2_with_a_message(value, tmp_path, capsys):
     assert "--lr" in capsys.readouterr().err and not (tmp_path / "o.onnx").exists()
 
 
-def _batch_one_reshape_export(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` as exported at batch 1: static batch, a Reshape to [1, -1] before the head."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for vi in [*out.graph.input, *out.graph.output]:
-        vi.type.tensor_type.shape.dim[0].dim_value = 1
-    flatten = next(n for n in out.graph.node if n.op_type == "Flatten")
-    flatten.op_type = "Reshape"
-    del flatten.attribute[:]
-    flatten.input.append("flat_shape")
-    out.graph.initializer.append(onnx.numpy_helper.from_array(np.array([1, -1], np.int64), "flat_shape"))
-    return out
-
-
 def test_a_batch_one_export_trains_in_batches_and_keeps_batch_one():
-    model = _batch_one_reshape_export(tiny_cnn())
+    model = tiny_cnn_batch_one()
     cut, report = api.compress(model, data=tiny_data(), method="smof", target_flops=0.5, **FAST)
     assert report["method"]["batching"] == {"model_batch": 1, "freed": True}
     assert report["method"]["batch_size"] == 16 and report["flops"]["ratio"] <= 0.51

@@ -537,12 +537,11 @@ def finetune_fixed(model: onnx.ModelProto, data, epochs: int, *, lr: float | Non
         return out
     settings = TrainSettings(search_epochs=0, finetune_epochs=int(epochs), lr=lr or 1e-3, batch_size=batch_size,
                              seed=seed, progress=progress_bars, feature_weight=float(feature_distill))
-    student_batch = free_batch(model, calib.inputs)
-    teacher_batch = student_batch if teacher is None else free_batch(teacher, calib.inputs)
-    batching = student_batch if not student_batch.free else teacher_batch
+    teacher = model if teacher is None else teacher
+    freed = [free_batch(m, calib.inputs) for m in ((model,) if teacher is model else (model, teacher))]
+    batching = next((b for b in freed if not b.free), freed[0])  # both train freed, or both as given
     settings = batched(settings, batching)
-    run_student, run_teacher = ((student_batch.model, teacher_batch.model) if batching.free
-                                else (model, model if teacher is None else teacher))
+    run_student, run_teacher = (freed[0].model, freed[-1].model) if batching.free else (model, teacher)
     with torch.random.fork_rng(devices=[]), torch_threads(threads):
         torch.manual_seed(seed)
         teacher_module = OnnxModule(run_teacher).eval()
