@@ -66,7 +66,7 @@ import onnx  # noqa: E402
 import fmnist_models as fm  # noqa: E402
 import peers  # noqa: E402
 from models import fashion_mnist  # noqa: E402
-from passes.analysis.flops import count_cost  # noqa: E402
+from smof_onnx.passes.analysis.flops import count_cost  # noqa: E402
 
 ALL_METHODS = ("smof", "smof_channel", "smof_kernel", "smof_outputs", "smof_fast", "qr", "qr_ft", "l2", "l2_ft", "tp", "tp_r8", "onnxsim",
                "onnxsim_wanda")

@@ -26,8 +26,8 @@ from onnx import numpy_helper as onh
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from passes import pipeline  # noqa: E402
-from passes.graph import to_graph, to_model  # noqa: E402
+from smof_onnx.passes import pipeline  # noqa: E402
+from smof_onnx.passes.graph import to_graph, to_model  # noqa: E402
 
 DEFAULT_MODELS = ("resnet_basic", "resnet_bottleneck", "vgg", "mobilenet_v2")
 

@@ -25,8 +25,8 @@ _CHILD = r"""
 import json, resource, sys, time
 sys.path.insert(0, sys.argv[3])
 import onnx
-from passes import pipeline
-from passes.graph import load_model, save_model, to_graph, to_model
+from smof_onnx.passes import pipeline
+from smof_onnx.passes.graph import load_model, save_model, to_graph, to_model
 rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t0 = time.perf_counter()
 model = load_model(sys.argv[1])
@@ -49,8 +49,8 @@ def prepare(workdir: Path) -> tuple[Path, dict]:
     from cut_latency import canonical, structured_masks
 
     from models import zoo
-    from passes.analysis.flops import count_cost
-    from passes.graph import load_model, save_model
+    from smof_onnx.passes.analysis.flops import count_cost
+    from smof_onnx.passes.graph import load_model, save_model
 
     raw = workdir / "resnet50.onnx"
     if not raw.exists():

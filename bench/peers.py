@@ -1,6 +1,6 @@
 """The peer methods the benchmark measures smof against, each hitting a FLOPs target the same way.
 
-The FLOPs ratio of every peer is the one our product reports: :func:`passes.analysis.flops.count_cost`
+The FLOPs ratio of every peer is the one our product reports: :func:`smof_onnx.passes.analysis.flops.count_cost`
 of the peer's ONNX model over that of the original (2 x MACs of Conv / Gemm / MatMul, batch 1).
 Each peer has one knob (a pruning ratio or a sparsity) under which those FLOPs fall monotonically,
 and :func:`bisect_knob` finds the *smallest* knob whose model has ``ratio <= target`` (so the peer
@@ -37,7 +37,7 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 
-from passes.analysis.flops import count_cost  # noqa: E402
+from smof_onnx.passes.analysis.flops import count_cost  # noqa: E402
 
 KNOB_TOL = 1e-3    # bisection stops once the knob interval is this narrow
 MAX_STEPS = 16

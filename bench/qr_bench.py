@@ -12,7 +12,7 @@ Rows per model and FLOPs target: the original; qr with residual handling ``on`` 
 (no fine-tune), and ``on`` with kept channel counts rounded to multiples of 8 (``x8``); onnxsim 0.8.1 ``apply_structured_pruning`` (filter L2 norm, global) and
 ``apply_structured_wanda_pruning`` (|W| x input-activation norm, calibrated on the same data),
 each with the sparsity found by bisection so that the cut model's counted FLOPs are at or just
-under the target. Every pruned model goes through the same cut (``passes.pipeline.cut``);
+under the target. Every pruned model goes through the same cut (``smof_onnx.passes.pipeline.cut``);
 accuracy is on the 10k test images, latency by ``smof_onnx.verify.measure_latency``.
 
 ``--speed`` times qr on ResNet-20 with 1024 calibration images (goal < 60 s);
@@ -87,14 +87,14 @@ SHAPE = {INPUT: [1, 1, 28, 28]}
 
 
 def _cut(model: onnx.ModelProto) -> onnx.ModelProto:
-    from passes import pipeline
-    from passes.graph import to_graph, to_model
+    from smof_onnx.passes import pipeline
+    from smof_onnx.passes.graph import to_graph, to_model
 
     return to_model(pipeline.cut(to_graph(model), SHAPE).graph)
 
 
 def _cost(model: onnx.ModelProto):
-    from passes.analysis.flops import count_cost
+    from smof_onnx.passes.analysis.flops import count_cost
 
     return count_cost(model, SHAPE)
 

@@ -31,7 +31,7 @@ import onnx  # noqa: E402
 
 import fmnist_models as fm  # noqa: E402
 from models import fashion_mnist  # noqa: E402
-from passes.analysis.flops import count_cost  # noqa: E402
+from smof_onnx.passes.analysis.flops import count_cost  # noqa: E402
 from smof_onnx import api  # noqa: E402
 from smof_onnx.verify import compare_latency  # noqa: E402
 

@@ -82,8 +82,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from passes import graph as pgraph
-    from passes import pipeline
+    from smof_onnx.passes import graph as pgraph
+    from smof_onnx.passes import pipeline
     from smof_onnx.data import CalibrationData
     from smof_onnx.learn import train
     from smof_onnx.learn.executor import OnnxModule

@@ -1,6 +1,6 @@
 """Remove every removable channel slot (design 3.2, the dead-channel cut).
 
-Rules: :func:`passes.analysis.channels.analyze_channels` finds the slots whose
+Rules: :func:`smof_onnx.passes.analysis.channels.analyze_channels` finds the slots whose
 every atom is zero or unused and that nothing froze; this pass removes them all at
 once with the drop half of each op's rule: producer filters + bias (Conv,
 ConvTranspose, Gemm, MatMul), BN / IN parameters, PRelu slopes and per-channel
@@ -34,7 +34,7 @@ from .graph import opset_version, unique_name
 
 
 class _CutCtx:
-    """What a rule's ``drop`` sees (see :mod:`passes.analysis.rulebase`)."""
+    """What a rule's ``drop`` sees (see :mod:`smof_onnx.passes.analysis.rulebase`)."""
 
     def __init__(self, graph: gs.Graph, analysis: ChannelAnalysis, removed: np.ndarray, pass_: Pass):
         self.graph, self.a, self.atoms_removed, self.pass_ = graph, analysis, removed, pass_

@@ -1,7 +1,7 @@
 """Drop Add / Sub operands that are entirely zero (design 3.2: depth pruning).
 
 Rules: ``Add(x, z)`` or ``Add(z, x)``, and ``Sub(x, z)``, where ``z`` is identically
-zero (every channel zero by :func:`passes.analysis.channels.analyze_channels`, or a
+zero (every channel zero by :func:`smof_onnx.passes.analysis.channels.analyze_channels`, or a
 constant of zeros), becomes ``x``: x + 0 = x - 0 = x. Only when ``x`` already has the
 output's shape and dtype (no broadcast is lost); otherwise the node is left alone with
 a reason. Consumers are rewired to ``x``; when the output is a graph output the node

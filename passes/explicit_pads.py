@@ -13,7 +13,7 @@ Maths, per spatial axis with input size ``H``, stride ``s``, dilation ``d``, ker
   With ``s = 1`` this is ``t = dk - 1 = d*(k-1)`` whatever ``H`` is, so no size is needed.
   With ``s > 1`` ``t`` depends on ``H``: the size comes from the tensor's shape in the graph,
   from shape inference over the graph's static input shapes, or from ``input_shapes``
-  (via :func:`passes.graph.with_static_shapes` on a copy); without it the node is refused.
+  (via :func:`smof_onnx.passes.graph.with_static_shapes` on a copy); without it the node is refused.
   ``t`` is negative when the kernel is shorter than the stride (``1 - s <= t < 0``): the last
   ``-t`` elements are never read. For a Conv, ONNX Runtime splits a negative ``t`` like a
   positive one (``lo = trunc(t/2)`` for SAME_UPPER, ``trunc((t+1)/2)`` for SAME_LOWER) while the
@@ -75,7 +75,7 @@ class StaticSizes:
 
     Inference runs at most once, on a copy of the model whose inputs take ``input_shapes``
     (or their own static shapes); the graph itself is never edited. Shared with
-    :mod:`passes.cut_kernel_borders`, which needs a size only to prove a crop fits.
+    :mod:`smof_onnx.passes.cut_kernel_borders`, which needs a size only to prove a crop fits.
     """
 
     def __init__(self, graph: gs.Graph, input_shapes: Mapping[str, Sequence[int]] | None):

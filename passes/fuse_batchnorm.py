@@ -15,7 +15,7 @@ ConvTranspose ``W[Cin, Cout/g, k...]``) and ``b' = (b - mean)*s + beta`` (``b = 
 
 Paddle's form: paddle2onnx writes a conv bias as a separate ``Add`` of a ``[1,C,1,1]`` constant
 between the conv and the BN (Conv -> Add -> BN). Such an Add (any per-channel constant
-Mul/Div/Add/Sub that :mod:`passes.fold_channel_affine` would fold) is folded into the conv
+Mul/Div/Add/Sub that :mod:`smof_onnx.passes.fold_channel_affine` would fold) is folded into the conv
 first, then the BN.
 
 The BN's output tensor becomes the conv's output, so downstream names and graph outputs keep

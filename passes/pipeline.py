@@ -140,7 +140,7 @@ def _run(name: str, out: PipelineResult, input_shapes, on_pass: OnPass | None) -
 
 
 def _resolve(name: str) -> Callable[..., PassResult]:
-    """The public entry of pass module ``passes.<name>`` (named like its module)."""
+    """The public entry of pass module ``smof_onnx.passes.<name>`` (named like its module)."""
     return getattr(importlib.import_module(f"{__package__}.{name}"), name)
 
 

@@ -6,11 +6,11 @@ axis need ``input_shapes`` (``{"x": [1, 3, 224, 224]}`` or specs like
 ``["x=1x3x224x224"]``); without them a :class:`ModelError` names the input.
 
 ``cut`` and ``compress`` end the same way (:func:`cut_and_verify`): the cut
-pipeline (:mod:`passes.pipeline`), ``onnx.checker`` (full check), the interface
+pipeline (:mod:`smof_onnx.passes.pipeline`), ``onnx.checker`` (full check), the interface
 check (graph input / output names, dtypes, shapes unchanged) and the ONNX Runtime
 gate (:func:`smof_onnx.verify.verify_equivalent`, max rel err <= 1e-5) against
 the model the cut started from. Only when all pass is anything written: the model
-atomically (:func:`passes.graph.save_model`), then the JSON report, both or neither
+atomically (:func:`smof_onnx.passes.graph.save_model`), then the JSON report, both or neither
 (a failed write removes what the run placed). Otherwise a :class:`VerificationError`
 says what failed and nothing is written. The output paths are checked before any work
 (:class:`UsageError`): not the input model nor its external-data files, not a directory
@@ -26,10 +26,10 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import onnx
 
-from passes import graph as pgraph
-from passes import pipeline
-from passes.analysis.flops import count_cost
-from passes.pipeline import CutConfig
+from smof_onnx.passes import graph as pgraph
+from smof_onnx.passes import pipeline
+from smof_onnx.passes.analysis.flops import count_cost
+from smof_onnx.passes.pipeline import CutConfig
 
 from . import report as rep
 from . import verify as ver
@@ -45,14 +45,17 @@ __all__ = ["inspect", "cut", "compress", "cut_and_verify", "load", "resolve_shap
 # --- shared helpers ----------------------------------------------------------------------------
 
 def load(model: Any) -> tuple[Path | None, onnx.ModelProto]:
-    """(path or None, a private copy of the model)."""
+    """(path or None, a private copy of the model, its unnamed nodes named: :func:`report.name_nodes`)."""
     if isinstance(model, onnx.ModelProto):
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
+        rep.name_nodes(copy)
         return None, copy
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
-        return path, pgraph.load_model(path)
+        copy = pgraph.load_model(path)
+        rep.name_nodes(copy)
+        return path, copy
     raise UsageError(f"model must be a path or an onnx.ModelProto, not {type(model).__name__}")
 
 
@@ -205,14 +208,14 @@ def inspect(model: Any, input_shapes: ShapesLike = None) -> dict[str, Any]:
     """Per-layer cost (op, kernel, channels, FLOPs, params) and the channel groups of ``model``.
 
     The cost is counted on the model as given; the groups come from
-    :func:`passes.analysis.channels.analyze_channels` on its canonical form, with the reason
+    :func:`smof_onnx.passes.analysis.channels.analyze_channels` on its canonical form, with the reason
     every frozen group is frozen. Returns a JSON-ready dict (see :func:`report.format_inspect`).
     """
     path, m = load(model)
     shapes = resolve_shapes(m, input_shapes)
     cost = count_cost(m, shapes)
     canon = pipeline.canonicalize(pgraph.to_graph(m), _concrete(m, shapes))
-    from passes.analysis.channels import analyze_channels
+    from smof_onnx.passes.analysis.channels import analyze_channels
 
     groups = describe_groups(analyze_channels(canon.graph))
     frozen = [{"where": f["where"], "reason": f["reason"]} for f in canon.frozen()]

@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from passes import graph as pgraph
+from smof_onnx.passes import graph as pgraph
 
 __all__ = ["Batching", "free_batch", "fixed_batch", "TOLERANCE"]
 

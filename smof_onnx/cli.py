@@ -152,7 +152,7 @@ def _compress(args) -> int:
 
 
 def _bench(args) -> int:
-    from passes.analysis.flops import count_cost
+    from smof_onnx.passes.analysis.flops import count_cost
 
     from . import api, verify
     from .errors import UsageError

@@ -1,12 +1,12 @@
 """The errors the product raises on purpose, and the exit code each maps to.
 
-The graph library's errors (:mod:`passes.base`) are re-exported so users catch
+The graph library's errors (:mod:`smof_onnx.passes.base`) are re-exported so users catch
 everything from one place. Exit codes (design 5): 2 for bad usage or bad input,
 3 when the verification gate refused to write, 1 for anything else (a bug).
 """
 from __future__ import annotations
 
-from passes.base import ModelError, PassError, SmofError, UnsupportedModelError
+from smof_onnx.passes.base import ModelError, PassError, SmofError, UnsupportedModelError
 
 __all__ = ["SmofError", "ModelError", "UnsupportedModelError", "PassError", "DataError",
            "UsageError", "VerificationError", "exit_code"]

@@ -36,7 +36,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from passes.graph import node_attributes
+from smof_onnx.passes.graph import node_attributes
 
 __all__ = ["LayerSite", "LayerStats", "layer_site", "sample_patches", "collect", "SiteRefused"]
 

@@ -1,8 +1,10 @@
 """The JSON report of a cut or a compression (design 5), and the human tables.
 
 The report is built from what was measured, never recomputed by guesswork: FLOPs and
-params from :func:`passes.analysis.flops.count_cost` on the models before and after,
-per-layer rows matched by node name (the passes keep names stable), refusals from the
+params from :func:`smof_onnx.passes.analysis.flops.count_cost` on the models before and after,
+per-layer rows matched by node name (the passes keep names stable, and :func:`name_nodes` gives
+every unnamed or doubly named node of the working copy a unique deterministic name at load,
+before any method or pass runs, so a layer keeps its name through the cut), refusals from the
 pass results, the gate's numbers from :mod:`smof_onnx.verify`. Schema::
 
     flops      {before, after, ratio}              ratio = after / before
@@ -22,7 +24,35 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from passes.analysis.flops import LayerCost, ModelCost
+from smof_onnx.passes.analysis.flops import LayerCost, ModelCost
+
+
+def name_nodes(model) -> int:
+    """Give every unnamed node of ``model``'s main graph (and every node whose name an earlier one
+    already took) a unique name ``{op}_{index}`` (index in the node list; ``_2``, ``_3`` ... added
+    on a clash), in place; returns how many were renamed.
+
+    Why: a layer is identified by its node name before and after the cut. Names made up later
+    (e.g. by the layer counter, from the position among the weighted layers) shift when the cut
+    removes a layer, so the rows of an unnamed model would pair different layers.
+    """
+    taken: set[str] = set()
+    todo = []
+    for i, node in enumerate(model.graph.node):
+        if node.name and node.name not in taken:
+            taken.add(node.name)
+        else:
+            todo.append((i, node))
+    renamed = 0
+    for i, node in todo:
+        base = f"{node.name}_{i}" if node.name else f"{node.op_type}_{i}"
+        name, k = base, 2
+        while name in taken:
+            name, k = f"{base}_{k}", k + 1
+        node.name = name
+        taken.add(name)
+        renamed += 1
+    return renamed
 
 
 def build_report(before: ModelCost, after: ModelCost, *, pipeline=None, verify=None, latency=None,

@@ -37,7 +37,7 @@ import onnxruntime as ort
 
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
-from passes import graph as pgraph
+from smof_onnx.passes import graph as pgraph
 
 from .errors import ModelError, VerificationError
 

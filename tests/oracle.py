@@ -1,6 +1,6 @@
 """An independent oracle for the exact cut: what the best possible cut of a zeroed model keeps.
 
-It shares no code with ``passes.analysis`` or the cut passes: it reads the ONNX proto with
+It shares no code with ``smof_onnx.passes.analysis`` or the cut passes: it reads the ONNX proto with
 onnx + numpy, measures facts empirically (ONNX Runtime for values, the torch executor for
 gradients) and couples channels with its own small op table (the coupling structure, atoms
 and slots are in tests/oracle_structure.py; this module re-exports :class:`Structure`).

@@ -1,7 +1,7 @@
 """The oracle's coupling structure: atoms, slots and which ops the oracle can follow.
 
 Part of the independent oracle (tests/oracle.py holds the facts, verdicts and kernels); it
-shares no code with ``passes.analysis`` or the cut passes: it reads the ONNX proto with
+shares no code with ``smof_onnx.passes.analysis`` or the cut passes: it reads the ONNX proto with
 onnx + numpy and couples channels with its own small op table.
 
 Structure (once per model, weights do not matter): every float tensor of rank >= 2 that a

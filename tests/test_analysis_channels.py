@@ -11,8 +11,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from passes.analysis.channels import Frozen, analyze_channels
-from passes.graph import to_graph
+from smof_onnx.passes.analysis.channels import Frozen, analyze_channels
+from smof_onnx.passes.graph import to_graph
 
 
 class Net:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from passes.analysis.spaces import Sink
+from smof_onnx.passes.analysis.spaces import Sink
 from tests.test_analysis_channels import Net, analyze
 
 

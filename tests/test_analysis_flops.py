@@ -9,9 +9,9 @@ import onnx.helper as oh
 import onnx.numpy_helper as onh
 import pytest
 
-from passes.analysis.flops import count_cost
-from passes.base import ModelError
-from passes.graph import to_graph
+from smof_onnx.passes.analysis.flops import count_cost
+from smof_onnx.passes.base import ModelError
+from smof_onnx.passes.graph import to_graph
 
 F = onnx.TensorProto.FLOAT
 

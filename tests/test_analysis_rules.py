@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from passes.analysis import rules
-from passes.analysis.rulebase import CATEGORIES, Rule
-from passes.analysis.rules_elementwise import Map, _same
+from smof_onnx.passes.analysis import rules
+from smof_onnx.passes.analysis.rulebase import CATEGORIES, Rule
+from smof_onnx.passes.analysis.rules_elementwise import Map, _same
 from tests.test_analysis_channels import Net, analyze
 
 

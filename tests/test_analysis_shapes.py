@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from passes.analysis.channels import _topo
-from passes.analysis.shapes import _dims, shape_determined, tensor_shapes
-from passes.graph import infer_graph_shapes, to_graph
+from smof_onnx.passes.analysis.channels import _topo
+from smof_onnx.passes.analysis.shapes import _dims, shape_determined, tensor_shapes
+from smof_onnx.passes.graph import infer_graph_shapes, to_graph
 from tests.test_analysis_channels import Net, analyze
 
 

@@ -11,9 +11,9 @@ import onnx.numpy_helper as onh
 import pytest
 
 import smof_onnx.methods
-from passes import graph as pgraph
-from passes import pipeline
-from passes.analysis.flops import count_cost
+from smof_onnx.passes import graph as pgraph
+from smof_onnx.passes import pipeline
+from smof_onnx.passes.analysis.flops import count_cost
 from smof_onnx import api
 from smof_onnx.errors import ModelError, UsageError, VerificationError
 from tests.helpers import assert_equivalent, conv_weights

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 import fmnist_models  # noqa: E402
 import peers  # noqa: E402
-from passes.analysis.flops import count_cost  # noqa: E402
+from smof_onnx.passes.analysis.flops import count_cost  # noqa: E402
 
 SHAPE = (1, 1, 12, 12)
 TARGET = 0.5

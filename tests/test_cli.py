@@ -14,9 +14,9 @@ import onnx.numpy_helper as onh
 import pytest
 
 import smof_onnx.methods
-from passes import graph as pgraph
-from passes import pipeline
-from passes.analysis.flops import count_cost
+from smof_onnx.passes import graph as pgraph
+from smof_onnx.passes import pipeline
+from smof_onnx.passes.analysis.flops import count_cost
 from smof_onnx.cli import main
 from tests.helpers import assert_equivalent, conv_weights, initializer, random_inputs, run
 from tests.test_api import _fake_method, zeroed_net

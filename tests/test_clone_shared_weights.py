@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from passes.clone_shared_weights import clone_shared_weights
-from passes.graph import to_graph, to_model
+from smof_onnx.passes.clone_shared_weights import clone_shared_weights
+from smof_onnx.passes.graph import to_graph, to_model
 from tests.helpers import assert_equivalent, op_counts
 
 F32 = TensorProto.FLOAT

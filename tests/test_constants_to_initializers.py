@@ -7,8 +7,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from passes.constants_to_initializers import constants_to_initializers
-from passes.graph import to_graph, to_model
+from smof_onnx.passes.constants_to_initializers import constants_to_initializers
+from smof_onnx.passes.graph import to_graph, to_model
 from tests.helpers import assert_equivalent, initializer, op_counts
 
 F32 = TensorProto.FLOAT

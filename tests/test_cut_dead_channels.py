@@ -6,8 +6,8 @@ import onnx
 import pytest
 from onnx import helper
 
-from passes.cut_dead_channels import cut_dead_channels
-from passes.graph import to_graph, to_model
+from smof_onnx.passes.cut_dead_channels import cut_dead_channels
+from smof_onnx.passes.graph import to_graph, to_model
 from tests.helpers import assert_equivalent, conv_weights, initializer, op_counts
 from tests.test_analysis_channels import Net
 
@@ -343,7 +343,7 @@ def test_what_only_a_dead_refused_node_reads_is_cut_and_the_slot_it_froze_stays(
 def test_the_pipeline_cuts_a_group_once_the_dead_node_that_froze_it_is_gone():
     """Round 1 drops the zero branch; the DepthToSpace (no rule) that froze u is then dead, and
     eliminate_dead_nodes removes it; round 2 sees u unfrozen and cuts its zero channels."""
-    from passes import pipeline
+    from smof_onnx.passes import pipeline
     n = Net()
     x = n.input([1, 3, 4, 4])
     u = n.op("Relu", [n.conv(x, 3, 6, zero_out=(2, 3, 4, 5), name="c1")])
@@ -570,7 +570,7 @@ def test_zoo_with_unfolded_batchnorm(zoo_bn_model):
 
 @pytest.mark.parametrize("kind", ["cls", "rec"])
 def test_ppocr_random_masks_are_cut_exactly(kind):
-    from passes.pipeline import canonicalize
+    from smof_onnx.passes.pipeline import canonicalize
     from tests import cases
     model = cases.load_ppocr(kind)
     shapes = {model.graph.input[0].name: list(cases.ppocr.PPOCR_SHAPES[kind])}

@@ -39,9 +39,9 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from onnx import numpy_helper
 
-from passes import graph as pgraph
-from passes import pipeline
-from passes.analysis.flops import count_cost
+from smof_onnx.passes import graph as pgraph
+from smof_onnx.passes import pipeline
+from smof_onnx.passes.analysis.flops import count_cost
 from tests import cases, masks, oracle
 from tests.helpers import REL_TOL, assert_equivalent, random_inputs
 

@@ -16,10 +16,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from passes.base import PassError
-from passes.cut_kernel_borders import cut_kernel_borders
-from passes.explicit_pads import explicit_pads
-from passes.graph import to_graph, to_model
+from smof_onnx.passes.base import PassError
+from smof_onnx.passes.cut_kernel_borders import cut_kernel_borders
+from smof_onnx.passes.explicit_pads import explicit_pads
+from smof_onnx.passes.graph import to_graph, to_model
 from tests.helpers import assert_equivalent, conv_weights, op_counts
 
 RNG = np.random.default_rng(1234)
@@ -531,7 +531,7 @@ def _expected_after_cut(graph_before_attrs, name, w):
 
 
 def _check_real(model, shape, seed=0):
-    from passes.pipeline import canonicalize
+    from smof_onnx.passes.pipeline import canonicalize
     name = model.graph.input[0].name
     shapes = {name: list(shape)}
     graph = canonicalize(to_graph(model), shapes).graph

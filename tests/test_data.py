@@ -9,7 +9,7 @@ import onnx
 import onnx.helper as oh
 import pytest
 
-from passes.base import SmofError
+from smof_onnx.passes.base import SmofError
 from smof_onnx.data import CalibrationData, as_calibration, load_data
 from smof_onnx.errors import DataError, exit_code
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from passes.drop_zero_branches import drop_zero_branches
-from passes.graph import to_graph, to_model
+from smof_onnx.passes.drop_zero_branches import drop_zero_branches
+from smof_onnx.passes.graph import to_graph, to_model
 from tests.helpers import assert_equivalent, op_counts
 from tests.test_analysis_channels import Net
 

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from passes.explicit_pads import explicit_pads
-from passes.graph import to_graph, to_model
+from smof_onnx.passes.explicit_pads import explicit_pads
+from smof_onnx.passes.graph import to_graph, to_model
 from tests.helpers import assert_equivalent, max_rel_err, random_inputs, run
 
 OPSET = 19

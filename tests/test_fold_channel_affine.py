@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from passes.fold_channel_affine import fold_channel_affine
-from passes.graph import to_graph, to_model
+from smof_onnx.passes.fold_channel_affine import fold_channel_affine
+from smof_onnx.passes.graph import to_graph, to_model
 from tests.helpers import assert_equivalent, op_counts
 
 F32 = TensorProto.FLOAT

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from passes.fold_constants import fold_constants
-from passes.graph import to_graph, to_model
+from smof_onnx.passes.fold_constants import fold_constants
+from smof_onnx.passes.graph import to_graph, to_model
 from tests.helpers import assert_equivalent, initializer, op_counts
 
 F32, I64 = TensorProto.FLOAT, TensorProto.INT64
@@ -171,7 +171,7 @@ def test_nothing_to_fold_is_not_a_change():
 
 def test_ppocr_cls_reshaped_biases_fold_and_the_dynamic_batch_survives():
     from models import ppocr
-    from passes.constants_to_initializers import constants_to_initializers
+    from smof_onnx.passes.constants_to_initializers import constants_to_initializers
     from tests import cases
     if not (ppocr.ppocr_dir() / ppocr.PPOCR_FILES["cls"]).is_file():
         pytest.skip("PP-OCR cls is not cached (models.ppocr.ppocr_path fetches it)")

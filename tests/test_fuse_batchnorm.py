@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from passes.fuse_batchnorm import fuse_batchnorm
-from passes.graph import to_graph, to_model
+from smof_onnx.passes.fuse_batchnorm import fuse_batchnorm
+from smof_onnx.passes.graph import to_graph, to_model
 from tests.helpers import assert_equivalent, conv_weights, op_counts
 
 F32 = TensorProto.FLOAT
@@ -209,7 +209,7 @@ def test_ppocr_cls_loses_every_batchnorm():
     from models import ppocr
     if not (ppocr.ppocr_dir() / ppocr.PPOCR_FILES["cls"]).is_file():
         pytest.skip("PP-OCR cls is not cached (models.ppocr.ppocr_path fetches it)")
-    from passes.constants_to_initializers import constants_to_initializers
+    from smof_onnx.passes.constants_to_initializers import constants_to_initializers
     before = cases.load_ppocr("cls")
     graph = constants_to_initializers(to_graph(before)).graph
     result = fuse_batchnorm(graph)
@@ -223,7 +223,7 @@ def test_ppocr_det_paddle_convtranspose_bias_add_bn_folds():
     """det has ConvTranspose -> Add -> BN. Its sigmoid output saturates on random inputs (a 1e-7
     input perturbation moves it by 4% relative), so the logits are compared instead."""
     from models import ppocr
-    from passes.constants_to_initializers import constants_to_initializers
+    from smof_onnx.passes.constants_to_initializers import constants_to_initializers
     from tests import cases
     if not (ppocr.ppocr_dir() / ppocr.PPOCR_FILES["det"]).is_file():
         pytest.skip("PP-OCR det is not cached (models.ppocr.ppocr_path fetches it)")

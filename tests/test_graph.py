@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import onnx.helper as oh
 
-from passes.graph import node_attributes
+from smof_onnx.passes.graph import node_attributes
 
 
 def test_node_attributes_decode_strings_and_keep_numbers():

@@ -8,8 +8,8 @@ import onnx.helper as oh
 import onnx.numpy_helper as onh
 import pytest
 
-from passes import graph as pgraph
-from passes import pipeline
+from smof_onnx.passes import graph as pgraph
+from smof_onnx.passes import pipeline
 from smof_onnx.learn.select import prepare
 from tests.helpers import assert_equivalent, random_inputs
 

@@ -15,7 +15,7 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from passes.analysis.flops import count_cost
+from smof_onnx.passes.analysis.flops import count_cost
 from smof_onnx.learn import latency
 from smof_onnx.learn.latency import (LatencyConfig, LayerChoice, channel_grid, conv_sites, kernel_candidates,
                                      measure_table, micro_conv)

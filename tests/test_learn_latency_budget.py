@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from passes.analysis.flops import count_cost
+from smof_onnx.passes.analysis.flops import count_cost
 from smof_onnx.learn import latency
 from smof_onnx.learn.latency_budget import build_latency_budget
 from smof_onnx.learn.select import prepare, select

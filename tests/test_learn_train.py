@@ -242,9 +242,9 @@ def test_finetune_fixed_keeps_zeros_at_zero_and_reduces_the_loss():
     the loss against the labels goes down."""
     from onnx import numpy_helper
 
-    from passes import graph as pgraph
-    from passes import pipeline
-    from passes.analysis.flops import count_cost
+    from smof_onnx.passes import graph as pgraph
+    from smof_onnx.passes import pipeline
+    from smof_onnx.passes.analysis.flops import count_cost
 
     p, data = _problem_and_data(64)
     labels = np.random.default_rng(1).integers(0, 5, 64)

@@ -9,7 +9,7 @@ import numpy as np
 import onnx.numpy_helper as onh
 import pytest
 
-from passes.analysis.flops import count_cost
+from smof_onnx.passes.analysis.flops import count_cost
 from smof_onnx import api
 from smof_onnx.learn.select import prepare
 from smof_onnx.methods import METHODS, l2

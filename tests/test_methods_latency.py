@@ -14,7 +14,7 @@ import pytest
 from smof_onnx.learn.select import select
 from smof_onnx.methods import CompressConfig
 from smof_onnx.methods import latency as method_latency
-from passes.analysis.flops import count_cost
+from smof_onnx.passes.analysis.flops import count_cost
 from tests.test_learn_gates import cut_model
 from tests.test_learn_latency_budget import _budget
 

@@ -17,9 +17,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from passes import pipeline
-from passes.analysis.flops import count_cost
-from passes.graph import to_graph, to_model
+from smof_onnx.passes import pipeline
+from smof_onnx.passes.analysis.flops import count_cost
+from smof_onnx.passes.graph import to_graph, to_model
 from smof_onnx.errors import UsageError
 from smof_onnx.methods.qr import QRConfig, run
 from smof_onnx.methods.qr_select import least_squares, pivoted_order
@@ -246,8 +246,8 @@ def test_runs_without_torch(tmp_path):
         sys.meta_path.insert(0, NoTorch())
         sys.path.insert(0, {str(ROOT)!r})
         import numpy as np, onnx
-        from passes import pipeline
-        from passes.graph import to_graph, to_model
+        from smof_onnx.passes import pipeline
+        from smof_onnx.passes.graph import to_graph, to_model
         from smof_onnx.methods.qr import QRConfig, run, finetune
         from smof_onnx.errors import UsageError
         m = onnx.load({str(path)!r})

@@ -12,7 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from passes.analysis.flops import count_cost  # noqa: E402
+from smof_onnx.passes.analysis.flops import count_cost  # noqa: E402
 from smof_onnx import api  # noqa: E402
 from smof_onnx.errors import DataError  # noqa: E402
 from smof_onnx.methods import METHODS  # noqa: E402

@@ -12,9 +12,9 @@ import onnx.numpy_helper as onh
 import onnx_graphsurgeon as gs
 import pytest
 
-from passes import pipeline
-from passes.base import PassError, PassResult
-from passes.graph import to_graph, to_model
+from smof_onnx.passes import pipeline
+from smof_onnx.passes.base import PassError, PassResult
+from smof_onnx.passes.graph import to_graph, to_model
 from tests.helpers import assert_equivalent
 
 F = onnx.TensorProto.FLOAT

@@ -6,9 +6,9 @@ import json
 import onnx_graphsurgeon as gs
 import pytest
 
-from passes.analysis.flops import LayerCost, ModelCost
-from passes.base import PassResult
-from passes.pipeline import PipelineResult
+from smof_onnx.passes.analysis.flops import LayerCost, ModelCost
+from smof_onnx.passes.base import PassResult
+from smof_onnx.passes.pipeline import PipelineResult
 from smof_onnx import report
 from smof_onnx.verify import Latency, LatencyComparison, VerifyResult
 

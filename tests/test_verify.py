@@ -8,8 +8,8 @@ import onnx.numpy_helper as onh
 import onnxruntime as ort
 import pytest
 
-from passes import graph as pgraph
-from passes.base import ModelError
+from smof_onnx.passes import graph as pgraph
+from smof_onnx.passes.base import ModelError
 from smof_onnx import verify
 
 F = onnx.TensorProto.FLOAT

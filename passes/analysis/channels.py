@@ -19,7 +19,7 @@ Public API (other modules code against it)::
         consumers [(node, op, in_channel | (start, stop))], zero, unused, removable,
         frozen_by [Frozen], zero_if_producers_zeroed
 
-An *atom* is one channel of one tensor. Rules (:mod:`passes.analysis.rules`) union the
+An *atom* is one channel of one tensor. Rules (:mod:`smof_onnx.passes.analysis.rules`) union the
 atoms that must go together; a *slot* is one connected component (so Concat offsets,
 Split/Slice ranges, depthwise groups and Flatten feature blocks are handled alike).
 A slot is *removable* when no atom is frozen and every atom is zero or unused (then
@@ -27,10 +27,10 @@ every op touching it has a drop rule: ops without one freeze what they touch).
 
 Frozen: graph inputs and outputs, ops absent from ``RULES`` (If/Loop/Scan, quantized
 ops, custom domains included), tensors whose channel axis or needed shapes are
-unknown (shapes: :mod:`passes.analysis.shapes`, whose reason the freeze quotes), and
+unknown (shapes: :mod:`smof_onnx.passes.analysis.shapes`, whose reason the freeze quotes), and
 any input a rule does not declare how it reads. Frozen is about editing,
 not liveness: a refused node needs its inputs only while one of its outputs is needed
-(see :mod:`passes.analysis.facts`), so the slots behind it can be unused and go, but
+(see :mod:`smof_onnx.passes.analysis.facts`), so the slots behind it can be unused and go, but
 a slot it touches stays, unused or not, because the node would have to change. Once
 nothing reads that node, ``eliminate_dead_nodes`` removes it and the next cut round
 sees the group unfrozen.

@@ -22,7 +22,7 @@ Rules (the numbers every report and every budget use):
   the weighted ops, each tensor counted once even when several nodes share it. A
   layer's ``params`` counts the float constants it reads itself.
 - Shapes come from ONNX shape inference on a copy with static input shapes
-  (:func:`passes.graph.with_static_shapes`). Where inference cannot tell a shape a
+  (:func:`smof_onnx.passes.graph.with_static_shapes`). Where inference cannot tell a shape a
   layer needs, the model is run once under ONNX Runtime on zero inputs to read it;
   only when that fails too is a :class:`ModelError` raised naming the node.
 - Symbolic batch dims count as 1 unless ``input_shapes`` says otherwise; any other

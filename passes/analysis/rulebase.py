@@ -4,7 +4,7 @@ A rule answers three questions about one op type:
 
 ``couple(node, b)``
     Which channel spaces its outputs get and how their atoms relate to the inputs'
-    (see :class:`passes.analysis.spaces.Builder`). A rule that cannot model a node
+    (see :class:`smof_onnx.passes.analysis.spaces.Builder`). A rule that cannot model a node
     calls :func:`refuse`, which freezes every tracked input with the reason.
 ``zero(node, z)``
     Forward transfer of the *zero* fact: ``z.zero(tensor)`` gives the input masks,

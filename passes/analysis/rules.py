@@ -1,6 +1,6 @@
 """The op-type -> rule table of the channel analysis, validated at import.
 
-``RULES[op_type]`` is a :class:`passes.analysis.rulebase.Rule` of one category:
+``RULES[op_type]`` is a :class:`smof_onnx.passes.analysis.rulebase.Rule` of one category:
 
 =============  =====================================================================
 producer       Conv, ConvTranspose, Gemm, MatMul: outputs start a new space, inputs are
@@ -14,7 +14,7 @@ pooling        pooling, Resize/Upsample, Pad, spatial reductions (identity on ch
 
 An op absent from this table (LRN, DepthToSpace, LayerNormalization, Gather, Shape,
 If/Loop/Scan, QLinearConv, DequantizeLinear, custom domains ...) freezes every
-channel space it touches; :func:`passes.analysis.channels.analyze_channels` records
+channel space it touches; :func:`smof_onnx.passes.analysis.channels.analyze_channels` records
 the node and the reason. Each category's rules are in ``rules_<kind>.py``.
 """
 from __future__ import annotations

@@ -4,12 +4,12 @@
 (ints; symbolic or unknown dims as names or None) and, for each node output whose shape
 is still not fully known, the reason why (the freeze reasons quote it).
 
-1. ONNX shape inference with data propagation (:func:`passes.graph.infer_graph_shapes`),
+1. ONNX shape inference with data propagation (:func:`smof_onnx.passes.graph.infer_graph_shapes`),
    graph inputs fixed to ``input_shapes``.
 2. When every graph input has a concrete shape (given or declared) and inference leaves
    some tensor unknown (Paddle's Shape -> Cast -> Slice -> Concat -> Reshape defeats it),
    the model is run once under ONNX Runtime on zero inputs of those shapes with the
-   unknown tensors as extra outputs (:func:`passes.graph.shapes_by_running`).
+   unknown tensors as extra outputs (:func:`smof_onnx.passes.graph.shapes_by_running`).
 
 A shape read from a run holds for every input *of those shapes* only if it does not
 depend on input values. So the probe is asked only for tensors whose shape is

@@ -2,7 +2,7 @@
 
 A *space* is the channel axis of one tensor: ``Space(tensor, axis, rank, size)``.
 Each of its channels is an *atom*, an integer id ``base + channel``. Rules (see
-:mod:`passes.analysis.rules`) describe every node to a :class:`Builder`:
+:mod:`smof_onnx.passes.analysis.rules`) describe every node to a :class:`Builder`:
 
 - ``new_space``: an output tensor gets a channel space;
 - ``union``: atoms that must be removed together (one slot);
@@ -18,7 +18,7 @@ Each of its channels is an *atom*, an integer id ``base + channel``. Rules (see
 
 Every tracked input a rule does not declare (by ``flow``, ``read``, ``sink`` or
 ``declare``) is frozen and needed by the safety net in
-:func:`passes.analysis.channels.analyze_channels`: an op whose reading of channels
+:func:`smof_onnx.passes.analysis.channels.analyze_channels`: an op whose reading of channels
 is not modelled can never lose one.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Batch normalisation while training, on a graph whose BatchNormalization was folded away.
 
 The learning stage runs the *canonical* graph, in which every Conv + BatchNormalization pair is
-one Conv (:mod:`passes.fuse_batchnorm`). Training those folded weights directly loses what BN
+one Conv (:mod:`smof_onnx.passes.fuse_batchnorm`). Training those folded weights directly loses what BN
 gives optimisation: each step sees activations normalised by the batch, so a dropped ring or
 channel upstream is compensated at once instead of by slow weight drift. Measured on the
 default model (see :data:`smof_onnx.learn.train.TrainSettings.batchnorm`). Peers fine-tune with

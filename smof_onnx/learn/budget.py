@@ -1,6 +1,6 @@
 """The FLOPs of the would-be cut model as a differentiable function of the gate values.
 
-Built from the layer table of :func:`passes.analysis.flops.count_cost` (FLOPs = 2 x MACs of
+Built from the layer table of :func:`smof_onnx.passes.analysis.flops.count_cost` (FLOPs = 2 x MACs of
 Conv, ConvTranspose, Gemm, MatMul) and the gates of :mod:`smof_onnx.learn.gates`. For a layer
 with counted FLOPs ``F``::
 
@@ -16,7 +16,7 @@ with counted FLOPs ``F``::
   ``out(g)`` counts there.
 
 With binary gates this equals the count of the cut model, as long as the cut removes exactly
-what the gates drop (tested against ``count_cost`` after :func:`passes.pipeline.cut`); the
+what the gates drop (tested against ``count_cost`` after :func:`smof_onnx.passes.pipeline.cut`); the
 final selection re-counts the real cut model anyway. Works on numpy arrays (selection, the
 torch-free ``l2`` method) and on torch tensors (training), same code.
 """
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from passes.graph import node_attributes
+from smof_onnx.passes.graph import node_attributes
 
 from .gates import GateSpace, slot_gate_index
 

@@ -31,7 +31,7 @@ import onnx
 import torch
 from torch import nn
 
-from passes.graph import node_attributes
+from smof_onnx.passes.graph import node_attributes
 
 from ..batching import fixed_batch
 from .ops import OPS, Node, UnsupportedOpError

@@ -8,7 +8,7 @@ A *gate* is one entry of a flat vector ``g`` (keep = 1, drop = 0):
   separately (3x3 -> 3x1, 1x3, 1x1; 5x5 -> 3x5 -> 3x3 -> 1x1 ...). A ring survives only while
   every ring inside it survives: the *effective* keep of level j is ``prod_{i >= j} g_i``, so an
   inner ring is never dropped before an outer one.
-- **channel gates**, one per slot of :func:`passes.analysis.channels.analyze_channels` that is
+- **channel gates**, one per slot of :func:`smof_onnx.passes.analysis.channels.analyze_channels` that is
   not frozen, not already removable and ``zero_if_producers_zeroed`` (zeroing the producer
   entries makes the whole slot removable, residual groups included), when every producer is
   an op whose output channel can be zeroed through its constants (Conv, ConvTranspose, Gemm,
@@ -34,7 +34,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from passes.graph import node_attributes
+from smof_onnx.passes.graph import node_attributes
 
 __all__ = ["KernelGate", "ChannelGate", "Family", "GateSpace", "build_gate_space", "ZEROABLE_OPS",
            "family_multiple"]

@@ -40,7 +40,7 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 from scipy.interpolate import RegularGridInterpolator
 
-from passes.graph import node_attributes, with_static_shapes
+from smof_onnx.passes.graph import node_attributes, with_static_shapes
 
 from ..verify import session_options
 

@@ -28,7 +28,7 @@ import onnx
 import torch
 import torch.nn.functional as F
 
-from passes.base import UnsupportedModelError
+from smof_onnx.passes.base import UnsupportedModelError
 
 
 class UnsupportedOpError(UnsupportedModelError):

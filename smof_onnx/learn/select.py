@@ -1,7 +1,7 @@
 """From a model to its gates and budget, and from gate scores to a binary choice that meets
 the FLOPs target of the *cut* model. Torch-free (the ``l2`` method uses it without torch).
 
-``prepare(model, config)``: canonical form (:func:`passes.pipeline.canonicalize`; the method
+``prepare(model, config)``: canonical form (:func:`smof_onnx.passes.pipeline.canonicalize`; the method
 returns this graph, zeroed, and the cut is verified against it), unique node names, channel
 analysis, ``count_cost``, gates (:mod:`.gates`) and budget (:mod:`.budget`).
 
@@ -31,10 +31,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import onnx
 
-from passes import graph as pgraph
-from passes import pipeline
-from passes.analysis.channels import analyze_channels
-from passes.analysis.flops import ModelCost, count_cost
+from smof_onnx.passes import graph as pgraph
+from smof_onnx.passes import pipeline
+from smof_onnx.passes.analysis.channels import analyze_channels
+from smof_onnx.passes.analysis.flops import ModelCost, count_cost
 
 from ..errors import UnsupportedModelError
 from .budget import FlopsBudget, build_budget

@@ -84,7 +84,7 @@ import onnx
 import torch
 from torch.nn import functional as F
 
-from passes.graph import node_attributes
+from smof_onnx.passes.graph import node_attributes
 
 from ..batching import Batching, free_batch
 from ..data import CalibrationData

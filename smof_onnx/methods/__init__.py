@@ -1,4 +1,4 @@
-"""Compression methods: each decides *what* to zero; the cut (:mod:`passes.pipeline`) removes it.
+"""Compression methods: each decides *what* to zero; the cut (:mod:`smof_onnx.passes.pipeline`) removes it.
 
 ``METHODS[name](model, data=None, config=None, **options) -> MethodResult``
 

@@ -34,8 +34,8 @@ import dataclasses
 import numpy as np
 import onnx
 
-from passes import graph as pgraph
-from passes import pipeline
+from smof_onnx.passes import graph as pgraph
+from smof_onnx.passes import pipeline
 
 from ..batching import fixed_batch
 from ..errors import UnsupportedModelError

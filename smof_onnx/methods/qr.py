@@ -2,12 +2,12 @@
 
 ``run(model, data, QRConfig(target_flops=0.5)) -> MethodResult``: decides which input channels
 of which layers to drop, zeroes them, and rewrites the kept weights so each layer still
-produces its original outputs as well as possible; the cut (``passes.pipeline.cut``) then
+produces its original outputs as well as possible; the cut (``smof_onnx.passes.pipeline.cut``) then
 removes the zeroed input slices and the producer filters that became unused. No torch.
 
 Steps:
 
-1. **Canonical form and units.** The model is canonicalized (``passes.pipeline.canonicalize``:
+1. **Canonical form and units.** The model is canonicalized (``smof_onnx.passes.pipeline.canonicalize``:
    BN folded, weights as initializers, explicit pads; equivalent to the input) and analysed
    (``analyze_channels``). Each unfrozen channel group whose every reader is a ``group=1`` Conv
    or a Gemm is a *unit* (:mod:`.qr_units`); its readers are its *members*. Dropping a slot
@@ -72,10 +72,10 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from passes import pipeline
-from passes.analysis.channels import analyze_channels
-from passes.analysis.flops import count_cost
-from passes.graph import to_graph, to_model
+from smof_onnx.passes import pipeline
+from smof_onnx.passes.analysis.channels import analyze_channels
+from smof_onnx.passes.analysis.flops import count_cost
+from smof_onnx.passes.graph import to_graph, to_model
 
 from ..batching import fixed_batch
 from ..data import as_calibration
@@ -182,7 +182,7 @@ def _layers(model: onnx.ModelProto, analysis, units: list[Unit], shapes) -> tupl
 
 def _batch_size(model: onnx.ModelProto, shapes, sites, config: QRConfig) -> int:
     """``config.batch_size``, lowered so one batch of fetched layer inputs stays under ``activation_mb``."""
-    from passes.graph import with_static_shapes
+    from smof_onnx.passes.graph import with_static_shapes
 
     wanted = {s.input for s in sites}
     per_image = 0

@@ -1,6 +1,6 @@
 """Selection units of QR pruning: which channel slots are chosen together, and by which layers.
 
-A *unit* is one unfrozen channel group of :func:`passes.analysis.channels.analyze_channels`
+A *unit* is one unfrozen channel group of :func:`smof_onnx.passes.analysis.channels.analyze_channels`
 (its slots are the channels that go together). Its *members* are the weighted layers that read
 it (the analysis's slot consumers): dropping a slot means zeroing that slot's input columns
 in every member, after which no graph output depends on the slot, so the cut removes it
@@ -19,7 +19,7 @@ import dataclasses
 import numpy as np
 import onnx
 
-from passes.analysis.channels import ChannelAnalysis
+from smof_onnx.passes.analysis.channels import ChannelAnalysis
 
 from ..features import LayerSite, SiteRefused, layer_site
 
