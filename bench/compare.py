@@ -394,6 +394,20 @@ def merge_runs(runs: list[dict]) -> tuple[list[str], list[dict]]:
     return [run["command"] for run in runs], rows
 
 
+def git_commit() -> str | None:
+    """HEAD of the checkout, with ``+dirty`` when tracked files differ from it (a run made on
+    uncommitted code says so); None outside a git checkout."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
 def environment(args) -> dict:
     import onnxruntime
 
@@ -454,7 +468,8 @@ def main(argv: list[str] | None = None) -> int:
     print(header + "\n\n" + text)
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     out = args.out or OUT_DIR / f"compare-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
-    payload = {"command": command, "args": _jsonable({k: v for k, v in vars(args).items() if k != "out"}),
+    payload = {"command": command, "git_commit": git_commit(),
+               "args": _jsonable({k: v for k, v in vars(args).items() if k != "out"}),
                "environment": environment(args), "base_models": bases, "rows": _jsonable(rows),
                "total_seconds": round(total, 1), "table": text}
     out.write_text(json.dumps(payload, indent=1) + "\n")

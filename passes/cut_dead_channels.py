@@ -17,7 +17,16 @@ A tensor never loses all of its channels: when every slot of a tensor is removab
 the slot of its channel 0 stays (an all-zero residual branch is the job of
 ``drop_zero_branches``). Graph inputs and outputs never change (they are frozen).
 
-stats: ``removed`` [{tensor, before, after}], ``slots_removed``, ``frozen`` [{where, reason}].
+Constant channels (:mod:`smof_onnx.passes.analysis.constants`): a removable slot may hold
+channels that are a non-zero constant v instead of 0. Before the drops, every weighted
+reader of such a channel folds its contribution into its bias (the ``fold`` half of the
+rule: 1x1 / unpadded Conv into B, Gemm into C, MatMul through a new ``Add`` after it);
+then removing the channel removes exactly that term. The analysis keeps a slot whose
+constant a live reader cannot fold (a padded Conv, a ConvTranspose, a broadcast read),
+and this pass lists it under ``refused`` with the value, the op that made it and the reader.
+
+stats: ``removed`` [{tensor, before, after}], ``slots_removed``, ``frozen`` [{where, reason}],
+``folded`` [{node, added}] (Add nodes inserted after a MatMul), ``refused`` [{where, reason}].
 """
 from __future__ import annotations
 
@@ -39,6 +48,8 @@ class _CutCtx:
     def __init__(self, graph: gs.Graph, analysis: ChannelAnalysis, removed: np.ndarray, pass_: Pass):
         self.graph, self.a, self.atoms_removed, self.pass_ = graph, analysis, removed, pass_
         self.opset = opset_version(graph)
+        self.pending: list[tuple[gs.Node, np.ndarray]] = []
+        self.folds: list[dict[str, str]] = []
 
     def removed(self, tensor: gs.Tensor) -> np.ndarray | None:
         sp = self.a.spaces.get(tensor.name) if not isinstance(tensor, gs.Constant) else None
@@ -49,6 +60,32 @@ class _CutCtx:
 
     def data(self, node: gs.Node) -> Any:
         return self.a.builder.data.get(id(node))
+
+    def folded(self, tensor: gs.Tensor) -> np.ndarray | None:
+        """float64 [C]: the value of each removed non-zero constant channel, 0 elsewhere (None: none)."""
+        sp = self.a.spaces.get(tensor.name) if not isinstance(tensor, gs.Constant) else None
+        if sp is None or self.a.constant is None:
+            return None
+        v = self.a.constant[sp.base:sp.base + sp.size]
+        mask = self.atoms_removed[sp.base:sp.base + sp.size] & np.isfinite(v) & (v != 0)
+        return np.where(mask, v, 0.0) if mask.any() else None
+
+    def add_after(self, node: gs.Node, values: np.ndarray) -> None:
+        """After every drop: ``node``'s output y becomes ``Add(y', values)`` (y keeps its name)."""
+        self.pending.append((node, values))
+
+    def finish(self) -> None:
+        for node, values in self.pending:
+            y = node.outputs[0]
+            mid = gs.Variable(unique_name(self.graph, f"{y.name}_before_fold"), dtype=y.dtype)
+            node.outputs[0] = mid
+            const = gs.Constant(unique_name(self.graph, f"{node.name or node.op}_folded"),
+                                np.ascontiguousarray(values))
+            add = gs.Node("Add", unique_name(self.graph, f"{node.name or node.op}_fold"), inputs=[mid, const],
+                          outputs=[y])
+            self.graph.nodes.insert(self.graph.nodes.index(node) + 1, add)
+            self.folds.append({"node": node.name, "added": add.name})
+        self.pending = []
 
     def set_input(self, node: gs.Node, index: int, values: np.ndarray) -> None:
         """Replace constant input ``index``; a constant read elsewhere too is cloned first."""
@@ -79,8 +116,10 @@ class CutDeadChannels(Pass):
         a = analyze_channels(graph, self.input_shapes)
         removed = self._removed_atoms(a)
         frozen = [f.to_dict() for f in a.frozen]
+        refused = self._constants_kept(a)
         if not removed.any():
-            return PassResult(graph, False, {"removed": [], "slots_removed": 0, "frozen": frozen})
+            return PassResult(graph, False, {"removed": [], "slots_removed": 0, "frozen": frozen, "folded": [],
+                                             "refused": refused})
         ctx = _CutCtx(graph, a, removed, self)
         touched = {sp.tensor for sp in a.spaces.values() if removed[sp.base:sp.base + sp.size].any()}
         for node in list(graph.nodes):
@@ -88,7 +127,9 @@ class CutDeadChannels(Pass):
                 rule = RULES.get(node.op)
                 if rule is None:
                     raise self.fail("channels removed around an op without a rule", node)
+                rule.fold(node, ctx)
                 rule.drop(node, ctx)
+        ctx.finish()
         tensors = graph.tensors()
         report = []
         for name in sorted(touched, key=lambda n: a.spaces[n].base):
@@ -101,7 +142,24 @@ class CutDeadChannels(Pass):
                 shape[sp.axis] = after
                 t.shape = shape
         n_slots = int(np.unique(a.label[removed]).size)
-        return PassResult(graph, True, {"removed": report, "slots_removed": n_slots, "frozen": frozen})
+        return PassResult(graph, True, {"removed": report, "slots_removed": n_slots, "frozen": frozen,
+                                        "folded": ctx.folds, "refused": refused})
+
+    @staticmethod
+    def _constants_kept(a: ChannelAnalysis) -> list[dict[str, str]]:
+        """Slots kept only because a reader cannot fold one of their constants, with the reason."""
+        blocked = a._facts.get("blocked", {})
+        if not blocked:
+            return []
+        label = a.label
+        out, seen = [], set()
+        for atom, (where, reason) in blocked.items():
+            s = int(label[atom])
+            if s in seen or a.slot_removable[s]:
+                continue
+            seen.add(s)
+            out.append({"where": where, "reason": reason})
+        return out
 
     @staticmethod
     def _removed_atoms(a: ChannelAnalysis) -> np.ndarray:

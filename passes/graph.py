@@ -2,14 +2,20 @@
 
 Rules:
 - ``load_model`` never returns a half-read model: a missing file, a file that is
-  not ONNX, a truncated file or missing external data raise :class:`ModelError`
-  with a message saying what is wrong and what to do.
+  not ONNX, a truncated file, or external data that is missing or that onnx refuses
+  to read (a location outside the model's folder or absolute, a symlink, a hard-linked
+  file) raise :class:`ModelError` with a message saying what is wrong and what to do.
 - ``save_model`` is atomic: it writes into a temporary directory beside the
   target and renames into place, so a failure never leaves a partial file.
   Models over 2 GB (protobuf's limit) are written with external data in
   ``<name>.data`` next to the model.
 - ``to_graph`` / ``to_model`` round-trip through onnx-graphsurgeon and keep the
   opset imports, IR version, producer and metadata of the original model.
+- ``to_model`` writes ``value_info`` that is true or absent: the shapes the passes
+  left on tensors (concrete sizes from ``--input-shape``, exporters' stale entries) are
+  dropped and replaced by ONNX shape inference from the declared graph inputs, where a
+  non-positive input dim (Paddle writes -1) counts as unknown; a dim inference cannot
+  tell stays unknown, and nothing is written if inference fails.
 """
 from __future__ import annotations
 
@@ -51,10 +57,14 @@ def load_model(path: str | os.PathLike, *, load_external_data: bool = True) -> o
     if load_external_data:
         try:
             onnx.load_external_data_for_model(model, str(path.parent))
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, onnx.checker.ValidationError) as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            missing = sorted({loc for loc in _external_locations(model) if not (path.parent / loc).exists()})
+            if missing and not os.path.isabs(missing[0]) and ".." not in Path(missing[0]).parts:
+                reason = f"{path.parent / missing[0]} is missing"
             raise ModelError(
-                f"{path}: external data could not be read ({exc}); keep the .data file(s) "
-                "next to the model"
+                f"{path}: its external data could not be read ({reason}); keep every .data file a regular "
+                "file (not a link, not hard-linked) inside the model's folder, named relative to it"
             ) from exc
     try:
         onnx.checker.check_model(model if model.ByteSize() < PROTOBUF_LIMIT else str(path))
@@ -63,6 +73,12 @@ def load_model(path: str | os.PathLike, *, load_external_data: bool = True) -> o
     except ValueError:
         pass  # checker cannot handle some >2GB in-memory models; the graph is still usable
     return model
+
+
+def _external_locations(model: onnx.ModelProto) -> list[str]:
+    """The ``location`` of every initializer kept in external data."""
+    return [e.value for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+            for e in t.external_data if e.key == "location"]
 
 
 def model_size(model: onnx.ModelProto) -> int:
@@ -114,6 +130,8 @@ def to_model(graph: gs.Graph) -> onnx.ModelProto:
     """Export from onnx-graphsurgeon keeping the original header where known."""
     header = getattr(graph, "_smof_header", None)
     model = gs.export_onnx(graph, do_type_check=False)
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(_true_value_info(graph, model))
     if header:
         del model.opset_import[:]
         for domain, version in header["opset_import"]:
@@ -123,6 +141,26 @@ def to_model(graph: gs.Graph) -> onnx.ModelProto:
         for a in _MODEL_ATTRS:
             setattr(model, a, header[a])
     return model
+
+
+def _true_value_info(graph: gs.Graph, model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """Inferred value_info of ``model``'s intermediate tensors (see the module docstring)."""
+    skip = {v.name for v in model.graph.input} | {v.name for v in model.graph.output} | \
+        {i.name for i in model.graph.initializer}
+    try:
+        inferred = infer_graph_shapes(graph, unknown_nonpositive=True)
+    except Exception:  # noqa: BLE001 -- no value_info is better than a wrong one
+        return []
+    out = []
+    for vi in inferred.graph.value_info:
+        tt = vi.type.tensor_type
+        if vi.name in skip or not vi.type.HasField("tensor_type") or not tt.elem_type:
+            continue
+        for d in tt.shape.dim:
+            if d.HasField("dim_value") and d.dim_value <= 0:
+                d.Clear()
+        out.append(vi)
+    return out
 
 
 def opset_version(graph: gs.Graph) -> int:
@@ -212,7 +250,7 @@ def with_static_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequen
 
 
 def infer_graph_shapes(graph: gs.Graph, input_shapes: Mapping[str, Sequence[int]] | None = None,
-                       keep: int = 1024) -> onnx.ModelProto:
+                       keep: int = 1024, unknown_nonpositive: bool = False) -> onnx.ModelProto:
     """Shape inference over ``graph`` without serialising its weights.
 
     Constants over ``keep`` elements enter the model as typed graph inputs (same dtype and
@@ -220,7 +258,8 @@ def infer_graph_shapes(graph: gs.Graph, input_shapes: Mapping[str, Sequence[int]
     milliseconds instead of seconds. Small constants (shapes, axes, pads) keep their values
     for data propagation. Stale intermediate shapes are dropped, so every shape is inferred
     from the graph inputs (fixed to ``input_shapes`` where given). The result is for reading
-    shapes only.
+    shapes only. ``unknown_nonpositive``: input dims <= 0 (Paddle's -1) become unknown rather
+    than propagate as values.
     """
     from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
@@ -235,6 +274,11 @@ def infer_graph_shapes(graph: gs.Graph, input_shapes: Mapping[str, Sequence[int]
     g.output.extend(OnnxExporter.export_value_info_proto(t, do_type_check=False) for t in graph.outputs)
     for out in g.output:  # declared symbolic output dims would clash with inferred concrete ones
         out.type.tensor_type.ClearField("shape")
+    if unknown_nonpositive:
+        for inp in g.input:
+            for d in inp.type.tensor_type.shape.dim:
+                if d.HasField("dim_value") and d.dim_value <= 0:
+                    d.Clear()
     seen = {t.name for t in graph.inputs}
     for name, t in graph.tensors().items():
         if not isinstance(t, gs.Constant) or name in seen or not name:

@@ -9,12 +9,19 @@ axis need ``input_shapes`` (``{"x": [1, 3, 224, 224]}`` or specs like
 pipeline (:mod:`smof_onnx.passes.pipeline`), ``onnx.checker`` (full check), the interface
 check (graph input / output names, dtypes, shapes unchanged) and the ONNX Runtime
 gate (:func:`smof_onnx.verify.verify_equivalent`, max rel err <= 1e-5) against
-the model the cut started from. Only when all pass is anything written: the model
-atomically (:func:`smof_onnx.passes.graph.save_model`), then the JSON report, both or neither
-(a failed write removes what the run placed). Otherwise a :class:`VerificationError`
-says what failed and nothing is written. The output paths are checked before any work
-(:class:`UsageError`): not the input model nor its external-data files, not a directory
-nor under a file, the report not the model's own path nor its ``OUT.data``.
+the model the cut started from; for ``compress``, the target too: a cut keeping more than
+``target_flops + 0.01`` of the FLOPs (or timed over a ``target_latency`` the method measured)
+is a :class:`VerificationError` unless ``allow_miss=True``, and the report says ``target_met``.
+Only when all pass is anything written (:func:`smof_onnx.commit.commit`: the model and the JSON
+report, both or neither, SIGINT / SIGTERM deferred until both are complete). Otherwise a
+:class:`VerificationError` says what failed and nothing is written.
+
+Before any work (exit 2): the output paths against every file the run reads
+(:func:`smof_onnx.paths.check_outputs`), ``--input-shape`` against the model's fixed dims, the
+memory the gate needs at those shapes, the input's weights (NaN / inf refused, naming the
+tensor) and, for ``compress``, that the model has FLOPs to cut (:mod:`smof_onnx.checks`). What
+bad files make libraries raise while the model or the data is read becomes a
+:class:`ModelError` / :class:`DataError` naming the file (:func:`smof_onnx.checks.reading`).
 """
 from __future__ import annotations
 
@@ -31,6 +38,9 @@ from smof_onnx.passes import pipeline
 from smof_onnx.passes.analysis.flops import count_cost
 from smof_onnx.passes.pipeline import CutConfig
 
+from . import checks
+from . import commit as cm
+from . import paths
 from . import report as rep
 from . import verify as ver
 from .errors import DataError, ModelError, UsageError, VerificationError
@@ -53,7 +63,8 @@ def load(model: Any) -> tuple[Path | None, onnx.ModelProto]:
         return None, copy
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
-        copy = pgraph.load_model(path)
+        with checks.reading(f"{path}", ModelError):
+            copy = pgraph.load_model(path)
         rep.name_nodes(copy)
         return path, copy
     raise UsageError(f"model must be a path or an onnx.ModelProto, not {type(model).__name__}")
@@ -61,7 +72,7 @@ def load(model: Any) -> tuple[Path | None, onnx.ModelProto]:
 
 def resolve_shapes(model: onnx.ModelProto, input_shapes: ShapesLike) -> dict[str, list[int]] | None:
     """``input_shapes`` as a dict; checks that every non-batch dim is then known (else ModelError)."""
-    if input_shapes is None:
+    if input_shapes is None or (not isinstance(input_shapes, Mapping) and not list(input_shapes)):
         shapes = None
     elif isinstance(input_shapes, Mapping):
         shapes = {k: [int(d) for d in v] for k, v in input_shapes.items()}
@@ -71,6 +82,8 @@ def resolve_shapes(model: onnx.ModelProto, input_shapes: ShapesLike) -> dict[str
             raise ModelError(f"input shapes given for {unknown}, but the model's inputs are {names}")
     else:
         shapes = pgraph.parse_shape_spec(list(input_shapes), _input_names(model))
+    if shapes is not None:
+        checks.check_shape_specs(model, input_shapes, shapes)
     pgraph.graph_input_shapes(model, shapes, default_dim=1)  # raises ModelError naming a symbolic input
     return shapes
 
@@ -87,100 +100,14 @@ def _calibration(data: Any, model: onnx.ModelProto, shapes: dict[str, list[int]]
     if isinstance(data, (str, os.PathLike)):
         from .data import load_data
 
-        try:
+        with checks.reading(f"--data {data}", DataError):
             return load_data(data, model, shapes)
-        except (OSError, ValueError, KeyError) as exc:
-            raise DataError(f"--data {data}: {exc}") from exc
     if isinstance(data, np.ndarray):
         names = _input_names(model)
         if len(names) != 1:
             raise DataError(f"a single array of data needs a single-input model; inputs are {names}")
         return {names[0]: data}
     raise UsageError(f"data must be a path, a dict of arrays or CalibrationData, not {type(data).__name__}")
-
-
-def _check_outputs(src: Path | None, output: Any, report_path: Any) -> None:
-    """Refuse, before any work, destinations that cannot be written or would destroy the input or
-    each other (UsageError naming the path and what to do instead)."""
-    _check_destinations(output, report_path, src.name if src is not None else "model.onnx")
-    if src is None:
-        return
-    targets = [(what, Path(t)) for what, t in (("-o", output), ("--report", report_path)) if t is not None]
-    if output is not None:  # written too when the cut model is over 2 GB
-        targets.append((f"-o {output} (its external data)", _data_file(output)))
-    for what, t in targets:
-        if _same_file(t, src):
-            raise UsageError(f"{what} {t} is the input model; the input file is never modified, "
-                             "choose another output path")
-    # The input just loaded from its external-data files, so a target can only be one of them if it
-    # exists: only then is the input parsed again (without its weights) to read their names.
-    if not any(t.exists() for _, t in targets):
-        return
-    for data in _external_data_files(src):
-        for what, t in targets:
-            if _same_file(t, data):
-                raise UsageError(f"{what} {t} holds the weights of the input model {src} (its external data); "
-                                 "the input is never modified, choose another output path")
-
-
-def _check_destinations(output: Any, report_path: Any, model_name: str = "model.onnx") -> None:
-    """-o / --report must name files that can be written, and different ones: the report replacing
-    the model (or the model's external data), or a path found unwritable only after the method ran
-    for an hour, loses the run."""
-    for what, target, example in (("-o", output, model_name), ("--report", report_path, "report.json")):
-        if target is None:
-            continue
-        t = Path(target)
-        if t.is_dir() or os.fspath(target).endswith(("/", os.sep)):
-            kind = "is a directory" if t.is_dir() else "names a directory (ends with a slash)"
-            raise UsageError(f"{what} {target} {kind}; give the file to write, e.g. {what} {t / example}")
-        existing = next(p for p in (t.parent, *t.parent.parents) if p.exists() or p == p.parent)
-        if not existing.is_dir():
-            raise UsageError(f"{what} {target}: {existing} is a file, not a directory, so nothing can be "
-                             "written under it; choose a path in a directory")
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise UsageError(f"{what} {target}: no permission to write in {existing}; choose a writable directory")
-    if output is None or report_path is None:
-        return
-    other = Path(output).with_suffix(".report.json")
-    if _same_file(Path(report_path), Path(output)):
-        raise UsageError(f"--report {report_path} is the -o model path: the report would replace the model; "
-                         f"give the report its own name, e.g. --report {other}")
-    if _same_file(Path(report_path), _data_file(output)):
-        raise UsageError(f"--report {report_path} is where the weights of -o {output} go when it is written with "
-                         f"external data (models over 2 GB); give the report another name, e.g. --report {other}")
-
-
-def _data_file(output: Any) -> Path:
-    """The external-data file of a model saved at ``output`` (``OUT.data``, passes.graph.save_model's name)."""
-    path = Path(output)
-    return path.parent / (path.name + ".data")
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
-
-
-def _external_data_files(src: Path) -> set[Path]:
-    """The files the tensors of the model at ``src`` keep their data in, relative to its folder."""
-    raw = onnx.load(str(src), load_external_data=False)
-    files: set[Path] = set()
-
-    def visit(graph: onnx.GraphProto) -> None:
-        tensors = [*graph.initializer, *(t for s in graph.sparse_initializer for t in (s.values, s.indices))]
-        for node in graph.node:
-            for attr in node.attribute:
-                tensors += ([attr.t] if attr.HasField("t") else []) + list(attr.tensors)
-                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                    visit(sub)
-        for tensor in tensors:
-            if tensor.data_location == onnx.TensorProto.EXTERNAL:
-                location = next((e.value for e in tensor.external_data if e.key == "location"), None)
-                if location:
-                    files.add(src.parent / location)
-
-    visit(raw.graph)
-    return files
 
 
 def _say(progress: Progress | None, message: str) -> None:
@@ -217,9 +144,10 @@ def inspect(model: Any, input_shapes: ShapesLike = None) -> dict[str, Any]:
     canon = pipeline.canonicalize(pgraph.to_graph(m), _concrete(m, shapes))
     from smof_onnx.passes.analysis.channels import analyze_channels
 
-    groups = describe_groups(analyze_channels(canon.graph))
+    concrete = _concrete(m, shapes)
+    groups = describe_groups(analyze_channels(canon.graph, concrete), canon.graph, concrete)
     frozen = [{"where": f["where"], "reason": f["reason"]} for f in canon.frozen()]
-    frozen += [{"where": f"group {g['id']}", "reason": g["reason"]} for g in groups if g["frozen"]]
+    frozen += [{"where": f"group {g['id']}", "reason": g["reason"]} for g in groups if not g["gateable"]]
     return {
         "model": str(path) if path else None,
         "opset": next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None),
@@ -227,29 +155,16 @@ def inspect(model: Any, input_shapes: ShapesLike = None) -> dict[str, Any]:
         "flops": cost.flops, "params": cost.params,
         "layers": [lc.to_dict() for lc in cost.layers],
         "channel_groups": groups, "frozen": frozen,
+        "warnings": [f"NaN/inf in {kind} '{name}': cut and compress refuse this model"
+                     for kind, name in checks.non_finite_tensors(m)],
     }
 
 
-def describe_groups(analysis: Any) -> list[dict[str, Any]]:
-    """JSON rows for the channel groups of a ChannelAnalysis: id, size, members, frozen, reason."""
-    groups = getattr(analysis, "groups", None) or []
-    items = groups.items() if isinstance(groups, Mapping) else enumerate(groups)
-    rows = []
-    for key, g in items:
-        frozen = getattr(g, "frozen", None)
-        reason = getattr(g, "reason", None) or getattr(g, "frozen_reason", None)
-        if isinstance(frozen, str):
-            reason, frozen = reason or frozen, True
-        elif isinstance(frozen, (list, tuple)):
-            reason, frozen = reason or "; ".join(map(str, frozen)), bool(frozen)
-        members = next((getattr(g, a) for a in ("tensors", "spaces", "members") if hasattr(g, a)), [])
-        size = getattr(g, "size", None)
-        if size is None:
-            size = getattr(g, "channels", None)
-        rows.append({"id": str(getattr(g, "id", key)), "size": size, "frozen": bool(frozen),
-                     "reason": str(reason) if frozen else None,
-                     "members": [getattr(t, "name", str(t)) for t in members][:50]})
-    return rows
+def describe_groups(analysis: Any, graph: Any = None, input_shapes: Any = None) -> list[dict[str, Any]]:
+    """JSON rows for the channel groups of a ChannelAnalysis (:func:`smof_onnx.groups.describe_groups`)."""
+    from .groups import describe_groups as rows
+
+    return rows(analysis, graph, input_shapes)
 
 
 def _signature(model: onnx.ModelProto, values) -> list[dict[str, Any]]:
@@ -276,10 +191,7 @@ def cut(model: Any, output: Any = None, input_shapes: ShapesLike = None, data: A
     random inputs. ``output`` / ``report_path`` are written only when the gate passes; a
     failed gate raises :class:`VerificationError` and writes nothing.
     """
-    src, m = load(model)
-    _check_outputs(src, output, report_path)
-    shapes = resolve_shapes(m, input_shapes)
-    calib = _calibration(data, m, shapes)
+    src, m, shapes, calib = _prepare(model, output, report_path, input_shapes, data)
     return cut_and_verify(m, m, output=output, input_shapes=shapes, data=calib, report_path=report_path,
                           config=config, progress=progress, extra={"model": str(src) if src else None})
 
@@ -287,10 +199,12 @@ def cut(model: Any, output: Any = None, input_shapes: ShapesLike = None, data: A
 def cut_and_verify(original: onnx.ModelProto, start: onnx.ModelProto, *, output: Any = None,
                    input_shapes: dict[str, list[int]] | None = None, data: Any = None, report_path: Any = None,
                    config: CutConfig = CutConfig(), progress: Progress | None = None, quality: dict | None = None,
-                   method: dict | None = None, extra: dict | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
+                   method: dict | None = None, extra: dict | None = None, target: float | None = None,
+                   allow_miss: bool = False) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """Cut ``start`` (the model whose zeros are cut), gate it against ``start``, report against
-    ``original`` (FLOPs before), then write. The path shared by ``cut`` and ``compress``."""
-    _check_destinations(output, report_path)  # also for direct callers: before the cut, not after it
+    ``original`` (FLOPs before), check ``target`` (:func:`_check_target`), then write. The path
+    shared by ``cut`` and ``compress``."""
+    paths.check_outputs([], output, report_path)  # also for direct callers: before the cut, not after it
     concrete = _concrete(start, input_shapes)
     _say(progress, "cutting")
     work = onnx.ModelProto()
@@ -318,84 +232,76 @@ def cut_and_verify(original: onnx.ModelProto, start: onnx.ModelProto, *, output:
                               verify=checked, quality=quality, method=method,
                               extra={**(extra or {}), "output": str(output) if output else None,
                                      "input_shapes": concrete})
-    _write(cut_model, output, report, report_path, progress)
+    if target is not None:
+        _check_target(report, target, allow_miss)
+    cm.commit(cut_model, output, report, report_path, progress)
     return cut_model, report
 
 
-def _write(model: onnx.ModelProto, output: Any, report: dict, report_path: Any, progress: Progress | None) -> None:
-    """The model and its report, or neither: the report is staged first (a report that cannot be
-    serialised stops the run before any write), the model written atomically, then the report
-    renamed into place; a failure on the way removes what this run placed (files and folders)."""
-    if output is None and report_path is None:
-        return
-    targets = [Path(t) for t in (output, report_path) if t is not None]
-    new_dirs = {d for t in targets for d in _missing_dirs(t)}
-    data = _data_file(output) if output is not None else None
-    data_before = _identity(data)
-    staged = model_placed = None
-    writing = f"--report {report_path}"
-    try:
-        if report_path is not None:
-            staged = rep.stage_report(report, report_path)
-        if output is not None:
-            _say(progress, f"writing {output}")
-            writing = f"-o {output}"
-            model_placed = pgraph.save_model(model, output)
-        if staged is not None:
-            writing = f"--report {report_path}"
-            os.replace(staged, report_path)
-            staged = None
-    except BaseException as exc:
-        if model_placed is not None:
-            model_placed.unlink(missing_ok=True)
-        if data is not None and _identity(data) not in (None, data_before):  # save_model placed OUT.data
-            data.unlink(missing_ok=True)
-        if staged is not None:
-            staged.unlink(missing_ok=True)
-        for d in sorted(new_dirs, key=lambda p: len(p.parts), reverse=True):  # deepest first; only if empty
-            try:
-                d.rmdir()
-            except OSError:
-                pass
-        if isinstance(exc, OSError):  # a full disk or a path changed since the checks: not our bug
-            raise UsageError(f"{writing}: could not write ({exc.strerror or exc}); nothing from this run was kept "
-                             "(check the path, its permissions and the free space, then run again)") from exc
-        raise
+def _prepare(model: Any, output: Any, report_path: Any, input_shapes: ShapesLike,
+             data: Any) -> tuple[Path | None, onnx.ModelProto, dict[str, list[int]] | None, Any]:
+    """What ``cut`` and ``compress`` check before any work (module docstring); returns
+    (path, model, shapes, calibration data)."""
+    name = Path(model).name if isinstance(model, (str, os.PathLike)) else "model.onnx"
+    paths.check_outputs(paths.run_reads(model, data), output, report_path, name)
+    src, m = load(model)
+    checks.refuse_non_finite(m, str(src) if src else None)
+    shapes = resolve_shapes(m, input_shapes)
+    checks.check_memory(m, _concrete(m, shapes), what="--input-shape" if shapes else "the model's input shape")
+    calib = _calibration(data, m, shapes)
+    return src, m, shapes, calib
 
 
-def _missing_dirs(path: Path) -> list[Path]:
-    """The folders above ``path`` that do not exist yet (writing creates them)."""
-    return [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+FLOPS_SLACK = 0.01  # a cut may keep this much more than target_flops: channel multiples are coarse
 
 
-def _identity(path: Path | None) -> tuple[int, int, int] | None:
-    """(device, inode, mtime) of an existing file, else None: tells a file replaced by this run."""
-    try:
-        st = path.stat() if path is not None else None
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino, st.st_mtime_ns) if st is not None else None
+def _check_target(report: dict, target: float, allow_miss: bool) -> None:
+    """The cut meets the FLOPs target (and the latency target the method timed), else
+    VerificationError -- or, with ``allow_miss``, ``target_met: false`` in the report."""
+    ratio = report["flops"]["ratio"]
+    missed = []
+    if ratio > target + FLOPS_SLACK:
+        missed.append(f"the cut keeps {ratio:.3f} of the FLOPs, the target was {target:g}")
+    method = report.get("method") or {}
+    latency = method.get("latency") if isinstance(method.get("latency"), dict) else None
+    if latency and latency.get("target") is not None and latency.get("measured_ratio") is not None:
+        noise = max(0.02, abs(1 - float(latency.get("self_ratio") or 1)))  # the machine's timing noise
+        if latency["measured_ratio"] > latency["target"] + noise:
+            missed.append(f"the cut model was timed at {latency['measured_ratio']:.3f} of the latency, the target "
+                          f"was {latency['target']:g}")
+    method.pop("target_met", None)  # one answer, at the top level
+    report["target_met"] = not missed
+    if allow_miss:
+        report["allow_miss"] = True
+    if missed and not allow_miss:
+        frozen = len(report.get("frozen") or [])
+        why = (f"{method['miss_reason']}: " if method.get("miss_reason") else  # the method's own account
+               f"The method could not remove more ({frozen} part(s) of the model are frozen: see `smof-onnx inspect`): ")
+        raise VerificationError(
+            f"target missed: {'; '.join(missed)} (method {method.get('name', '?')}); nothing was written. {why}"
+            "try another --method, --channel-multiple 1, a higher target, or --allow-miss to write the best effort")
 
 
 # --- compress ----------------------------------------------------------------------------------
 
 def compress(model: Any, output: Any = None, *, data: Any = None, target_flops: float = 0.5, method: str = "smof",
              input_shapes: ShapesLike = None, report_path: Any = None, seed: int = 0,
-             progress: Progress | None = None, **method_options: Any) -> tuple[onnx.ModelProto, dict[str, Any]]:
+             progress: Progress | None = None, allow_miss: bool = False, **method_options: Any) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """Decide what to zero with ``method`` (``smof_onnx.methods.METHODS``), then cut, verify, write.
 
     The method is called as ``METHODS[method](model, data=..., target_flops=..., input_shapes=...,
     seed=..., **method_options)`` and returns the zeroed ``onnx.ModelProto``, or
     ``(model, info)`` / an object with ``.model``, where ``info`` / the object may carry
     ``quality`` (dict) and ``settings`` (dict). The gate compares the cut model with the
-    zeroed one (the cut is exact); FLOPs before are the input model's.
+    zeroed one (the cut is exact); FLOPs before are the input model's. A cut that misses the
+    target raises :class:`VerificationError` (nothing written) unless ``allow_miss``.
     """
     if not (0 < float(target_flops) <= 1):
         raise UsageError(f"--target-flops {target_flops}: the fraction of FLOPs to keep must be in (0, 1]")
-    src, m = load(model)
-    _check_outputs(src, output, report_path)
-    shapes = resolve_shapes(m, input_shapes)
-    calib = _calibration(data, m, shapes)
+    src, m, shapes, calib = _prepare(model, output, report_path, input_shapes, data)
+    if count_cost(m, _concrete(m, shapes)).flops <= 0:
+        raise UsageError("nothing to compress: the model has no Conv, ConvTranspose, Gemm or MatMul FLOPs, so "
+                         "there is no FLOPs target to meet (see `smof-onnx inspect` for what the model holds)")
     try:
         from .methods import METHODS
     except ImportError as exc:
@@ -410,12 +316,13 @@ def compress(model: Any, output: Any = None, *, data: Any = None, target_flops: 
     zeroed, quality, settings, choices = _unpack(returned, method)
     _check_finite(m, zeroed, method)
     method_info = {"name": method, "target_flops": float(target_flops), "seed": seed,
-                   **{k: v for k, v in method_options.items()}, **(settings or {})}
+                   **{k: v for k, v in method_options.items() if k != "progress_bars"}, **(settings or {})}
     if choices:
         method_info["choices"] = choices
     return cut_and_verify(m, zeroed, output=output, input_shapes=shapes, data=calib, report_path=report_path,
                           progress=progress, quality=quality, method=method_info,
-                          extra={"model": str(src) if src else None})
+                          extra={"model": str(src) if src else None}, target=float(target_flops),
+                          allow_miss=allow_miss)
 
 
 def _check_finite(original: onnx.ModelProto, zeroed: onnx.ModelProto, method: str) -> None:
@@ -450,3 +357,26 @@ def _unpack(returned: Any, method: str) -> tuple[onnx.ModelProto, dict | None, d
         return (returned.model, getattr(returned, "quality", None), getattr(returned, "settings", None),
                 getattr(returned, "choices", None))
     raise TypeError(f"method '{method}' returned {type(returned).__name__}, not an ONNX model")
+
+
+# --- export ------------------------------------------------------------------------------------
+
+def export(model: Any, output: Any, to: str = "onnx", *, quantize: str | None = None, data: Any = None,
+           input_shapes: ShapesLike = None, report_path: Any = None, tflite_python: Any = None,
+           progress: Progress | None = None, **options: Any) -> dict[str, Any]:
+    """Write ``model`` for runtime ``to`` (onnx | ort | openvino | tflite), optionally int8, verified
+    against ONNX Runtime fp32 before anything is placed; returns the report. ``options`` are
+    :class:`smof_onnx.export.ExportConfig` fields (thresholds, ``bench_seconds``, ``threads``...).
+    See :mod:`smof_onnx.export`."""
+    import dataclasses
+
+    from .export import ExportConfig
+    from .export import export as export_artifact
+
+    known = {f.name for f in dataclasses.fields(ExportConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise UsageError(f"export: unknown option(s) {unknown}; known: {sorted(known)}")
+    return export_artifact(model, output, to, quantize=quantize, data=data, input_shapes=input_shapes,
+                           report_path=report_path, tflite_python=tflite_python, config=ExportConfig(**options),
+                           progress=progress)

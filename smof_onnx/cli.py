@@ -6,16 +6,22 @@
                        [--report R.json] [--seed N] [method options]
     smof-onnx bench MODEL [MODEL2] [--input-shape S]... [--threads N] [--batch B] [--seconds T]
 
-Exit codes: 0 done; 2 bad usage or bad input (the message says what and where); 3 the
-verification gate failed and nothing was written; 1 an internal error (a message and a
-request to report it; the traceback only with ``--debug``). Tables go to stdout,
-progress and information to stderr.
+Exit codes: 0 done; 2 bad usage or bad input (the message says what and where), and running
+out of memory (the sizes come from the input: shapes, data, batch size); 3 the verification
+gate failed or ``compress`` missed its target (without ``--allow-miss``) and nothing was
+written; 130 interrupted (SIGINT / SIGTERM; the message says whether the outputs were written:
+a commit, once begun, completes); 1 an internal error (a message and a request to report it;
+the traceback only with ``--debug``). Tables go to stdout, progress and information to stderr;
+progress bars only when stderr is a terminal.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
+import threading
 import traceback
 from typing import Sequence
 
@@ -23,20 +29,44 @@ from . import __version__
 from .errors import exit_code
 
 _METHOD_OPTIONS = ("epochs", "finetune_epochs", "lr", "batch_size", "val_split", "kernel", "channel",
-                   "channel_multiple", "target_latency", "bench_batch", "threads", "feature_distill")
+                   "channel_multiple", "target_latency", "bench_batch", "threads", "feature_distill",
+                   "max_memory")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    code = _main(argv)
+    if argv is None and threading.current_thread() is threading.main_thread():
+        # The process's run is over and its message printed: a signal during the interpreter's exit
+        # would kill it by signal, telling the shell the run failed when it did not.
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or bad usage (2)
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    from . import commit
+
+    commit.forget()
     try:
-        return args.handler(args)
-    except KeyboardInterrupt:
-        _err("interrupted; nothing was written")
+        with _sigterm_interrupts():
+            return args.handler(args)
+    except KeyboardInterrupt as exc:
+        done = getattr(exc, "written", None) or commit.written()
+        _err("interrupted; " + (f"{' and '.join(done)} were written completely before it" if len(done) > 1
+                                else f"{done[0]} was written completely before it" if done else "nothing was written"))
         return 130
+    except MemoryError as exc:
+        from .checks import MEMORY_HINT
+
+        _err(f"error: out of memory ({exc or 'MemoryError'}); {MEMORY_HINT}")
+        if getattr(args, "debug", False):
+            traceback.print_exc(file=sys.stderr)
+        return 2
     except Exception as exc:  # noqa: BLE001 -- every error leaves with a message and its documented code
         code = exit_code(exc)
         if code == 3:
@@ -50,6 +80,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "debug", False):
             traceback.print_exc(file=sys.stderr)
         return code
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM acts like Ctrl-C for the run (a KeyboardInterrupt: the message, then exit 130)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    from .commit import Interrupted
+
+    def interrupt(signum, frame):
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,11 +136,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="smof", help="smof | qr | l2 | ... (default smof)")
     p.add_argument("--report", metavar="R.json", help="write the JSON report here")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--allow-miss", action="store_true",
+                   help="write the best effort when the target is not reached (the report says target_met: false); "
+                   "without it a missed target is exit 3 and nothing is written")
     m = p.add_argument_group("method options (read by the methods that use them)")
     m.add_argument("--epochs", type=int)
     m.add_argument("--finetune-epochs", type=int)
     m.add_argument("--lr", type=float)
     m.add_argument("--batch-size", type=int)
+    m.add_argument("--max-memory", metavar="SIZE", help="memory budget of the learning stage, e.g. 4G "
+                   "(default: half the available memory); the batch is lowered to fit")
     m.add_argument("--val-split", type=float)
     m.add_argument("--no-kernel", dest="kernel", action="store_const", const=False, help="do not cut kernel sizes")
     m.add_argument("--no-channel", dest="channel", action="store_const", const=False, help="do not cut channels")
@@ -114,6 +167,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=5.0, help="time budget of the measurement")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_bench)
+
+    p = sub.add_parser("export", parents=[common, shape],
+                       help="write the model for a runtime (onnx, ort, openvino, tflite), optionally int8, verified")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="OUT.onnx / .ort / .xml (+ .bin) / .tflite")
+    p.add_argument("--to", default="onnx", choices=["onnx", "ort", "openvino", "tflite"])
+    p.add_argument("--quantize", choices=["int8"], help="post-training int8 (needs --data)")
+    p.add_argument("--data", metavar="D", help="calibration / verification data: .npz, .npy or a folder of images")
+    p.add_argument("--report", metavar="R.json", help="write the JSON report (verification, latency) here")
+    p.add_argument("--seconds", type=float, help="time budget of the latency measurement (default 3 with --report, "
+                   "else 0: no timing)")
+    p.add_argument("--bench-batch", type=int, default=1, help="batch size of the latency measurement")
+    p.add_argument("--threads", type=int, default=1, help="runtime threads for verification and timing")
+    p.add_argument("--ort-platform", choices=["arm", "amd64"], default="arm",
+                   help="--to ort: arm = portable file (default), amd64 = keep x86-only NCHWc layouts (faster on x86)")
+    p.add_argument("--tflite-python", metavar="PATH", help="Python of the onnx2tf environment (or $SMOF_TFLITE_PYTHON)")
+    p.set_defaults(handler=_export)
     return parser
 
 
@@ -124,6 +194,8 @@ def _inspect(args) -> int:
 
     info = api.inspect(args.model, args.input_shape or None)
     print(json.dumps(info, indent=2, default=str) if args.json else report.format_inspect(info))
+    for warning in info.get("warnings", []):
+        _err(f"warning: {warning}")
     return 0
 
 
@@ -142,12 +214,17 @@ def _compress(args) -> int:
     from . import api, report
 
     options = {k: getattr(args, k) for k in _METHOD_OPTIONS if getattr(args, k) is not None}
+    if not sys.stderr.isatty():  # bars redrawn with \r make a log unreadable
+        options["progress_bars"] = False
     with _Stages(4) as progress:
         _, rep = api.compress(args.model, args.output, data=args.data, target_flops=args.target_flops,
                               method=args.method, input_shapes=args.input_shape or None, report_path=args.report,
-                              seed=args.seed, progress=progress, **options)
+                              seed=args.seed, progress=progress, allow_miss=args.allow_miss, **options)
     print(report.format_table(rep))
     _err(f"wrote {args.output}" + (f" and {args.report}" if args.report else ""))
+    if rep.get("target_met") is False:
+        _err(f"warning: the target was missed (the cut keeps {rep['flops']['ratio']:.3f} of the FLOPs, target "
+             f"{args.target_flops:g}); written because of --allow-miss")
     return 0
 
 
@@ -161,6 +238,14 @@ def _bench(args) -> int:
         raise UsageError("--threads and --batch must be >= 1 and --seconds > 0")
     _, a = api.load(args.model)
     shapes = api.resolve_shapes(a, args.input_shape or None)
+    from .checks import check_memory
+
+    check_memory(a, api._concrete(a, shapes), batch=args.batch,
+                 what="--input-shape" if shapes else "the model's input shape")
+    b = api.load(args.model2)[1] if args.model2 is not None else None
+    warnings = _not_comparable(args.model, a, args.model2, b, shapes, count_cost) if b is not None else []
+    for w in warnings:
+        _err(f"warning: {w}")
     with _TimeBar(args.seconds) as tick:
         if args.model2 is None:
             lat = verify.measure_latency(a, shapes, threads=args.threads, batch=args.batch, budget_s=args.seconds,
@@ -170,13 +255,59 @@ def _bench(args) -> int:
             text = (f"{args.model}: {lat.median_ms:.3f} ms median over {lat.runs} runs "
                     f"(threads {lat.threads}, batch {lat.batch})")
         else:
-            _, b = api.load(args.model2)
             cmp = verify.compare_latency(a, b, shapes, threads=args.threads, batch=args.batch,
                                          budget_s=args.seconds, progress=tick)
             ratio = _flops_ratio(count_cost, a, b, shapes)
-            out = {"model": args.model, "model2": args.model2, **cmp.to_dict(), "flops_ratio": ratio}
+            out = {"model": args.model, "model2": args.model2, **cmp.to_dict(), "flops_ratio": ratio,
+                   "comparable": not warnings, "warnings": warnings}
             text = cmp.line((args.model, args.model2)) + (f"\nFLOPs ratio {ratio:.3f}" if ratio else "")
     print(json.dumps(out, indent=2) if args.json else text)
+    return 0
+
+
+def _not_comparable(name_a, a, name_b, b, shapes, count_cost) -> list[str]:
+    """Why a speedup of ``b`` over ``a`` would mislead: a cut keeps the interface (input / output
+    names, dtypes, shapes) and never adds FLOPs, so models that differ so are not one and its cut."""
+    from .verify import interface_changes
+
+    out = []
+    changes = interface_changes(a, b)
+    if changes:
+        out.append(f"{name_a} and {name_b} are not comparable: different interfaces ({'; '.join(changes)}); "
+                   "the speedup compares unrelated models")
+    try:
+        ratio = _flops_ratio(count_cost, a, b, shapes)
+    except Exception:  # noqa: BLE001 -- FLOPs of an unrelated model may not count at A's shapes
+        ratio = None
+    if ratio is not None and ratio > 1.01:
+        out.append(f"{name_b} has {ratio:.2f}x the FLOPs of {name_a}: it is not a cut of it")
+    return out
+
+
+def _export(args) -> int:
+    from . import api
+    from .errors import UsageError
+
+    seconds = args.seconds if args.seconds is not None else (3.0 if args.report else 0.0)
+    if args.threads < 1 or args.bench_batch < 1 or seconds < 0:
+        raise UsageError("--threads and --bench-batch must be >= 1 and --seconds >= 0")
+    with _Stages(4) as progress:
+        rep = api.export(args.model, args.output, args.to, quantize=args.quantize, data=args.data,
+                         input_shapes=args.input_shape or None, report_path=args.report,
+                         tflite_python=args.tflite_python, progress=progress, bench_seconds=seconds,
+                         bench_batch=args.bench_batch, threads=args.threads, ort_platform=args.ort_platform)
+    v, lat = rep["verification"], rep["latency"]
+    check = (f"max rel err {v['max_rel_err']:.2e} (<= {v['tol']:g})" if v["kind"] == "fp32" else
+             f"top-1 agreement {v['agreement']:.4f} (>= {v['min_agreement']:g})" if "agreement" in v else
+             f"rel RMS err {max(v['rel_rms'].values()):.3g} (<= {v['max_rel_rms']:g})")
+    lines = [f"{args.to}{' int8' if args.quantize else ''}: verified against ONNX Runtime fp32, {check}"]
+    if v.get("accuracy_input") is not None:
+        lines.append(f"accuracy on --data: {v['accuracy_input']:.4f} -> {v['accuracy_artifact']:.4f}")
+    if lat:
+        lines.append(f"latency batch {lat['batch']}: {lat['input_ms']:.3f} ms ({lat['input_on']}, input) -> "
+                     f"{lat['artifact_ms']:.3f} ms (export), speedup {lat['speedup']:.2f}x")
+    print("\n".join(lines))
+    _err("wrote " + " and ".join(rep["files"] + ([args.report] if args.report else [])))
     return 0
 
 

@@ -17,6 +17,12 @@ A file is read as what its first bytes say it is (a zip archive: .npz; the .npy 
 whichever of the two suffixes it has; anything else (text, a pickle, an empty file) is refused
 with a :class:`DataError` saying how to save the arrays.
 
+Before an array is read, the shape and dtype its header declares are checked: more bytes than
+the file (or the zip member) holds is a truncated or corrupt file, and more than the memory
+available (:func:`smof_onnx.checks.available_memory`, counting the float32 copy) is refused with
+both sizes -- neither reaches an allocation. A ``.npy`` is memory-mapped. An image over
+Pillow's decompression-bomb limit, or one Pillow cannot identify, is refused naming the file.
+
 Every array is checked before any training starts, and a mismatch raises :class:`DataError`
 naming the file, the input and the expected vs found shape or dtype:
 - every model input has an array (names listed when one is missing);
@@ -182,9 +188,51 @@ def _sniff(path: Path) -> str:
     raise DataError(f"{path}: is not an .npz (zip) / .npy file (it starts with {head!r}); {_SAVE_HINT}")
 
 
+def _declared(stream, where: str, holds: int) -> None:
+    """Check the .npy header at the start of ``stream`` against the ``holds`` bytes of its file."""
+    try:
+        version = np.lib.format.read_magic(stream)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(stream)
+    except (ValueError, EOFError, OSError):
+        return  # np.load says what is wrong with the header
+    if dtype.hasobject:
+        return  # refused by np.load (allow_pickle=False) with its own message
+    count = float(np.prod(shape, dtype=np.float64))
+    declared = count * dtype.itemsize
+    body = holds - stream.tell()
+    if declared > body:
+        raise DataError(f"{where}: its header declares an array of shape {list(shape)} ({_size(declared)}), but the "
+                        f"file holds {_size(max(body, 0))} after the header: the file is truncated or corrupt; "
+                        f"{_SAVE_HINT}")
+    from .checks import available_memory
+
+    need = count * max(dtype.itemsize, 4) * 2  # the read and its float32 copy
+    avail = available_memory()
+    if avail is not None and need > avail:
+        raise DataError(f"{where}: an array of shape {list(shape)} needs about {_size(need)} of memory to use, more "
+                        f"than the {_size(avail)} available; use fewer samples")
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:.3g} GiB" if n >= 2**30 else f"{int(n)} bytes"
+
+
+def _check_npz_headers(path: Path) -> None:
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                if info.filename.endswith(".npy"):
+                    with z.open(info) as member:
+                        _declared(member, f"{path} (array '{info.filename[:-4]}')", info.file_size)
+    except (OSError, EOFError, zipfile.BadZipFile, ValueError):
+        return  # np.load reports the broken archive
+
+
 def _read_npz(path: Path, specs: list[InputSpec]) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     if _sniff(path) == "npy":  # a single array under a .npz name: read it as the .npy it is
         return _read_npy(path, specs), None
+    _check_npz_headers(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
@@ -213,8 +261,10 @@ def _read_npy(path: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
         if labels is not None:
             raise DataError(f"{path}: is an .npz archive (with labels) named .npy; rename it to .npz")
         return arrays
+    with open(path, "rb") as f:
+        _declared(f, str(path), os.fstat(f.fileno()).st_size)
     try:
-        array = np.load(path, allow_pickle=False)
+        array = np.load(path, allow_pickle=False, mmap_mode="r")
     except ValueError as exc:
         raise DataError(f"{path}: cannot read the array ({exc}); object/pickled arrays are not accepted: "
                         "convert them to numeric arrays (e.g. a.astype(numpy.float32)) and save them again") from exc
@@ -270,8 +320,10 @@ def _read_images(path: Path, specs: list[InputSpec], input_shapes, image_size, m
                 im = im.convert("L" if channels == 1 else "RGB").resize((int(size[1]), int(size[0])),
                                                                         Image.BILINEAR)
                 px = np.asarray(im, dtype=np.float32).reshape(int(size[0]), int(size[1]), channels)
-        except OSError as exc:
-            raise DataError(f"{f}: not a readable image ({exc})") from exc
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            too_big = isinstance(exc, Image.DecompressionBombError)
+            raise DataError(f"{f}: {'too large to read safely' if too_big else 'not a readable image'} ({exc})"
+                            + ("; resize it or take it out of the data folder" if too_big else "")) from exc
         out[i] = px[..., ::-1] if channels == 3 and channel_order.upper() == "BGR" else px
     out /= 255.0
     out = (out - _per_channel(mean, 0.0, channels, "mean")) / _per_channel(std, 1.0, channels, "std")
@@ -313,6 +365,12 @@ def validate(arrays: Mapping[str, np.ndarray], labels, specs: list[InputSpec],
             if len(given) == len(dims):
                 dims = [None] + given[1:]
         expected = _fmt(["N"] + dims[1:]) if dims else "[]"
+        if (a.ndim == len(dims) + 1 and dims and dims[0] != 1 and all(d is not None for d in dims)
+                and list(a.shape[1:]) == dims):
+            raise DataError(f"{source}: input '{spec.name}' has shape {_fmt(dims)} with no batch axis, so the model "
+                            f"takes one sample of {_fmt(dims)} at a time and the {a.shape[0]} samples of the data "
+                            "cannot be fed to it; export the model with a batch axis (e.g. "
+                            f"{_fmt(['N'] + dims)}) and run again")
         if a.ndim != len(dims):
             raise DataError(f"{source}: input '{spec.name}' expects rank {len(dims)} {expected}, found an array "
                             f"of shape {list(a.shape)} (rank {a.ndim})")

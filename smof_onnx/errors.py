@@ -1,8 +1,10 @@
 """The errors the product raises on purpose, and the exit code each maps to.
 
 The graph library's errors (:mod:`smof_onnx.passes.base`) are re-exported so users catch
-everything from one place. Exit codes (design 5): 2 for bad usage or bad input,
-3 when the verification gate refused to write, 1 for anything else (a bug).
+everything from one place. Exit codes (design 5): 2 for bad usage or bad input
+(a ``MemoryError`` too: the sizes that exhaust memory come from the input -- shapes, data,
+batch size -- and the message says which to lower), 3 when the verification gate refused to
+write, 1 for anything else (a bug).
 """
 from __future__ import annotations
 
@@ -38,6 +40,6 @@ def exit_code(exc: BaseException) -> int:
         return 3
     if isinstance(exc, PassError):  # a pass broke its own contract: our bug, not the user's input
         return 1
-    if isinstance(exc, SmofError):  # ModelError, UnsupportedModelError, DataError, UsageError, peers' own
+    if isinstance(exc, (SmofError, MemoryError)):  # ModelError, UnsupportedModelError, DataError, UsageError, ...
         return 2
     return 1

@@ -92,19 +92,25 @@ def check_outputs(reads: Iterable[Read], output: Any = None, report_path: Any = 
         _check_writable(what, output if what == "-o" else report_path, t, example)
     if output is not None:
         targets.append((f"-o {output} (its external data)", data_file(output), ""))
+    index = {}  # every identity of every read -> (role, path): one stat per file, for folders of images
+    for role, r in reads:
+        for key in _keys(r):
+            index.setdefault(key, (role, r))
     for what, t, _ in targets:
         _check_kind(what, t)
-        for role, r in reads:
-            if _same_file(t, r):
-                if role == "the input model":
-                    raise UsageError(f"{what} {t} is the input model; the input file is never modified, "
-                                     "choose another output path")
-                if role == "the input model's external data":
-                    raise UsageError(f"{what} {t} holds the weights of the input model (its external data, {r}); "
-                                     "the input is never modified, choose another output path")
-                raise UsageError(f"{what} {t} is {role} ({r}), which this run reads; writing it would destroy "
-                                 "that input: choose another output path")
-            if role == "--data" and r.is_dir() and _inside(t, r) and t.suffix.lower() in _IMAGE_SUFFIXES:
+        hit = next((index[k] for k in _keys(t) if k in index), None)
+        if hit is not None:
+            role, r = hit
+            if role == "the input model":
+                raise UsageError(f"{what} {t} is the input model; the input file is never modified, "
+                                 "choose another output path")
+            if role == "the input model's external data":
+                raise UsageError(f"{what} {t} holds the weights of the input model (its external data, {r}); "
+                                 "the input is never modified, choose another output path")
+            raise UsageError(f"{what} {t} is {role} ({r}), which this run reads; writing it would destroy "
+                             "that input: choose another output path")
+        for r in [r for role, r in reads if role == "--data"]:
+            if r.is_dir() and _inside(t, r) and t.suffix.lower() in _IMAGE_SUFFIXES:
                 raise UsageError(f"{what} {t} is inside the --data folder {r}, and would be read as an image by the "
                                  "next run; choose a path outside it")
     if output is not None and report_path is not None:
@@ -154,6 +160,20 @@ def _check_distinct(output: Any, report_path: Any) -> None:
     if _same_file(Path(report_path), data_file(output)):
         raise UsageError(f"--report {report_path} is where the weights of -o {output} go when it is written with "
                          f"external data (models over 2 GB); give the report another name, e.g. --report {other}")
+
+
+def _keys(path: Path) -> list:
+    """What identifies the file ``path`` names: its resolved path, and (device, inode) when it exists."""
+    try:
+        keys: list = [str(path.resolve())]
+    except OSError:  # a symlink loop, a path too long: compared by name only
+        keys = [os.path.abspath(path)]
+    try:
+        st = os.stat(path)
+        keys.append((st.st_dev, st.st_ino))
+    except OSError:
+        pass
+    return keys
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -225,10 +225,15 @@ def format_inspect(info: dict[str, Any]) -> str:
     groups = info.get("channel_groups")
     if groups is not None:
         frozen = [g for g in groups if g.get("frozen")]
+        blocked = [g for g in groups if not g.get("frozen") and g.get("gateable") is False]
+        cuttable = len(groups) - len(frozen) - len(blocked)
         lines.append("")
-        lines.append(f"channel groups: {len(groups)} ({len(groups) - len(frozen)} cuttable, {len(frozen)} frozen)")
+        lines.append(f"channel groups: {len(groups)} ({cuttable} cuttable, {len(frozen)} frozen"
+                     + (f", {len(blocked)} neither removable nor gateable)" if blocked else ")"))
         for g in frozen:
             lines.append(f"  frozen {g['id']} ({g.get('size', '?')} ch): {g.get('reason', '')}")
+        for g in blocked:
+            lines.append(f"  not gateable {g['id']} ({g.get('size', '?')} ch): {g.get('reason', '')}")
     lines += _frozen_lines(info.get("frozen", []))
     return "\n".join(lines)
 

@@ -11,8 +11,16 @@ import os
 import sys
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests import cases
+
+# Random-graph fuzzing (tests/test_fuzz_*.py): a small derandomized profile in the default run,
+# a long one on demand (SMOF_FUZZ_PROFILE=fuzz-long; bench/fuzz.py runs it without pytest).
+_FUZZ = dict(deadline=None, database=None, print_blob=True,
+             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+settings.register_profile("fuzz-fast", max_examples=120, derandomize=True, **_FUZZ)
+settings.register_profile("fuzz-long", max_examples=20000, derandomize=False, **_FUZZ)
 
 # Two shared cores: keep every library single-threaded unless a test says otherwise. The env
 # var reaches torch if it is imported later; importing torch here would slow every torch-free run.

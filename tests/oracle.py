@@ -19,8 +19,13 @@ hard-swish x * clip(x + 3, 0, 6) / 6 becomes quadratic per layer.) Gradients run
 so that saturating ops do not underflow to spurious zero gradients; any non-finite value or
 gradient is an error, never a silent "used".
 
-Verdict per slot: KEEP if an atom is live (nonzero and used) or touches a graph input/output;
-else UNKNOWN if an atom is unknown; else REMOVABLE. Slots are taken after every Add (or Sub
+``const`` -- the atom's values (per position) are the same on every draw and every sample: it
+does not depend on the input (a bias-only channel, padded at the borders after a Pad). A cut
+may fold such a channel into its readers' biases where that is exact, or keep it, so a constant
+nonzero used atom is neither live nor removable, it makes its slot UNKNOWN.
+
+Verdict per slot: KEEP if an atom is live (nonzero, used, not constant) or touches a graph
+input/output; else UNKNOWN if an atom is unknown or constant; else REMOVABLE. Slots are taken after every Add (or Sub
 subtrahend) operand that is entirely zero is dropped, as the cut does (``x + 0 -> x``): that
 uncouples the zero branch from the sum, so its producer can shrink though the sum stays.
 """
@@ -71,6 +76,7 @@ class Facts:
     zero: np.ndarray
     unused: np.ndarray
     no_grad: np.ndarray  # atoms whose tensor carries no gradient at all (treated as unknown)
+    const: np.ndarray | None = None  # atoms with one value everywhere, on every draw
 
 
 def measure(structure: Structure, model: onnx.ModelProto, feeds_list: Sequence[Mapping[str, np.ndarray]]) -> Facts:
@@ -79,6 +85,8 @@ def measure(structure: Structure, model: onnx.ModelProto, feeds_list: Sequence[M
     gen = generic_copy(model)
     n = structure.n
     zero = np.ones(n, bool)
+    const = np.ones(n, bool)
+    first: dict[str, np.ndarray] = {}  # per tensor: the first sample of the first draw
     for values, feeds in zip(all_values(gen, feeds_list), feeds_list):
         values = {**values, **feeds}
         for name, sp in structure.spaces.items():
@@ -86,8 +94,11 @@ def measure(structure: Structure, model: onnx.ModelProto, feeds_list: Sequence[M
             assert np.isfinite(v).all(), f"oracle: non-finite values in {name} of the generic model"
             nz = np.moveaxis(v, 1, 0).reshape(sp.size, -1)
             zero[sp.base:sp.base + sp.size] &= ~(nz != 0).any(axis=1)
+            per = np.moveaxis(v, 1, 0).reshape(sp.size, v.shape[0], -1)
+            ref = first.setdefault(name, per[:, :1].copy())
+            const[sp.base:sp.base + sp.size] &= (per == ref).all(axis=(1, 2))
     unused, no_grad = _gradients(structure, gen, feeds_list)
-    return Facts(zero, unused, no_grad)
+    return Facts(zero, unused, no_grad, const)
 
 
 def _gradients(structure: Structure, model: onnx.ModelProto, feeds_list) -> tuple[np.ndarray, np.ndarray]:
@@ -187,6 +198,9 @@ def verdicts(structure: Structure, facts: Facts) -> Verdicts:
     unknown = np.zeros(s.n, bool)
     unknown[list(s.unknown_atoms)] = True
     unknown |= facts.no_grad
+    if facts.const is not None:  # input-independent: the cut may fold it away or keep it
+        unknown |= live & facts.const
+        live = live & ~facts.const
     keep = live.copy()
     keep[list(s.keep_atoms)] = True
     root = s.roots_after_drops(facts.zero)

@@ -49,8 +49,17 @@ def one_op(op, *extra_inputs, cout=4, zero=(1,), shape=(8, 8), **attrs):
 def test_activation_zero_transfer(op, preserves):
     an, t, a = one_op(op)
     assert an.tensor_zero(t)[1] == preserves
-    assert an.slots[int(an.slots_of(t)[1])].removable == preserves
+    # f(0) != 0 is still input-independent: the unpadded 1x1 reader folds it, so the slot goes either way
+    assert an.slots[int(an.slots_of(t)[1])].removable
     assert int(an.slots_of(t)[1]) == int(an.slots_of(a)[1])
+
+
+@pytest.mark.parametrize("op,f0", [("Softplus", np.log(2.0)), ("Sigmoid", 0.5), ("HardSigmoid", 0.5),
+                                   ("Exp", 1.0), ("Relu", 0.0)])
+def test_activation_of_a_zero_channel_is_its_constant(op, f0):
+    an, t, _ = one_op(op)
+    assert an.tensor_constant(t)[1] == pytest.approx(f0, rel=1e-6)
+    assert np.isnan(an.tensor_constant(t)[[0, 2, 3]]).all()
 
 
 @pytest.mark.parametrize("lo,hi,preserves", [(0.0, 6.0, True), (-1.0, 1.0, True), (0.5, 6.0, False),

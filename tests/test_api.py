@@ -165,12 +165,13 @@ def test_compress_runs_the_method_then_the_same_cut_and_gate(monkeypatch, tmp_pa
     calls = []
     monkeypatch.setattr(smof_onnx.methods, "METHODS", {"fake": _fake_method(calls)}, raising=False)
     model = zeroed_net(zero_ring=False, zero_filters=False)
-    out, rep = api.compress(model, tmp_path / "o.onnx", method="fake", target_flops=0.4, seed=7, epochs=3,
+    out, rep = api.compress(model, tmp_path / "o.onnx", method="fake", target_flops=0.62, seed=7, epochs=3,
                             report_path=tmp_path / "r.json")
-    assert calls == [{"target_flops": 0.4, "seed": 7, "data": False, "epochs": 3}]
+    assert calls == [{"target_flops": 0.62, "seed": 7, "data": False, "epochs": 3}]
+    assert rep["target_met"] is True and "allow_miss" not in rep
     assert conv_weights(out)["conv1"].shape == (8, 3, 1, 1)
     assert rep["quality"] == {"agreement": 0.99}
-    assert rep["method"] == {"name": "fake", "target_flops": 0.4, "seed": 7, "epochs": 3, "rings": 1}
+    assert rep["method"] == {"name": "fake", "target_flops": 0.62, "seed": 7, "epochs": 3, "rings": 1}
     assert rep["flops"]["before"] == count_cost(model).flops  # the input model's, not the zeroed one's
     assert json.loads((tmp_path / "r.json").read_text())["method"]["name"] == "fake"
 

@@ -69,7 +69,10 @@ def test_threads_reaches_the_method_and_zero_threads_is_exit_2(tmp_path, capsys,
     seen = {}
     real = methods.METHODS["l2"]
     monkeypatch.setitem(methods.METHODS, "l2", lambda m, **kw: seen.update(kw) or real(m, **kw))
-    assert main(["compress", str(src), "-o", str(tmp_path / "o.onnx"), "--method", "l2", "--threads", "1"]) == 0
+    data = tmp_path / "d.npz"  # l2 reads --threads only when it fine-tunes, i.e. with data
+    np.savez(data, x=np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32))
+    assert main(["compress", str(src), "-o", str(tmp_path / "o.onnx"), "--method", "l2", "--threads", "1",
+                 "--data", str(data), "--finetune-epochs", "1"]) == 0
     assert seen["threads"] == 1
 
 
@@ -85,7 +88,10 @@ def test_feature_distill_reaches_the_method_and_a_negative_weight_is_exit_2(tmp_
     seen = {}
     real = methods.METHODS["l2"]
     monkeypatch.setitem(methods.METHODS, "l2", lambda m, **kw: seen.update(kw) or real(m, **kw))
-    assert main(["compress", str(src), "-o", str(out), "--method", "l2", "--feature-distill", "0"]) == 0
+    data = tmp_path / "d.npz"  # l2 reads --feature-distill only when it fine-tunes, i.e. with data
+    np.savez(data, x=np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32))
+    assert main(["compress", str(src), "-o", str(out), "--method", "l2", "--feature-distill", "0",
+                 "--data", str(data), "--finetune-epochs", "1"]) == 0
     assert seen["feature_distill"] == 0
 
 
@@ -400,11 +406,16 @@ def test_compress_passes_method_options_through(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(smof_onnx.methods, "METHODS", {"fake": _fake_method(calls)}, raising=False)
     src = _save(tmp_path, zeroed_net(zero_ring=False, zero_filters=False))
     code = main(["compress", str(src), "-o", str(tmp_path / "o.onnx"), "--method", "fake", "--target-flops", "0.3",
-                 "--epochs", "3", "--no-kernel", "--lr", "0.01", "--seed", "5", "--report", str(tmp_path / "r.json")])
+                 "--epochs", "3", "--no-kernel", "--lr", "0.01", "--seed", "5", "--report", str(tmp_path / "r.json"),
+                 "--allow-miss"])
     assert code == 0
-    assert calls == [{"target_flops": 0.3, "seed": 5, "data": False, "epochs": 3, "kernel": False, "lr": 0.01}]
+    # stderr is not a terminal here: no progress bars
+    assert calls == [{"target_flops": 0.3, "seed": 5, "data": False, "epochs": 3, "kernel": False, "lr": 0.01,
+                      "progress_bars": False}]
     rep = json.loads((tmp_path / "r.json").read_text())
     assert rep["quality"] == {"agreement": 0.99} and rep["method"]["epochs"] == 3
+    assert rep["target_met"] is False and rep["allow_miss"] is True and "progress_bars" not in rep["method"]
+    assert "warning: the target was missed (the cut keeps 0.619" in capsys.readouterr().err
     assert main(["compress", str(src), "-o", str(tmp_path / "o2.onnx"), "--method", "nope"]) == 2
     assert main(["compress", str(src), "-o", str(tmp_path / "o2.onnx"), "--method", "fake",
                  "--target-flops", "1.5"]) == 2

@@ -123,21 +123,26 @@ def test_split_sizes_across_opsets_and_implicit_equal_split(opset):
 
 
 @pytest.mark.parametrize("mult", [1, 2])
-def test_depthwise_couples_input_and_output_and_shrinks_group(mult):
+@pytest.mark.parametrize("k_last", [1, 3])
+def test_depthwise_couples_input_and_output_and_shrinks_group(mult, k_last):
     n = Net()
     x = n.input(["N", 3, 8, 8])
     a = n.op("Relu", [n.conv(x, 3, 4, zero_out=(1, 2), name="pw1")])
     dw_out = tuple(range(mult)) + tuple(range(2 * mult, 3 * mult))  # groups 0 and 2 have zero bias+weights
     d = n.op("Relu", [n.conv(a, 4, 4 * mult, group=4, zero_out=dw_out[mult:], name="dw")])
-    y = n.conv(d, 4 * mult, 3, k=1, name="pw2")
-    m, _ = cut(n.model(y))
+    y = n.conv(d, 4 * mult, 3, k=k_last, name="pw2")
+    m, stats = cut(n.model(y))
     ws = conv_weights(m)
     # group 2: input 2 zero and its dw filters (and bias) zero -> removed;
-    # group 1: input 1 zero but its dw bias is not, so its outputs are constants -> kept
-    assert ws["pw1"].shape[0] == 3
-    assert ws["dw"].shape == (3 * mult, 1, 3, 3)
-    assert helper.get_attribute_value(next(a for a in node(m, "dw").attribute if a.name == "group")) == 3
-    assert ws["pw2"].shape[1] == 3 * mult
+    # group 1: input 1 zero but its dw bias is not, so its outputs are constants relu(bias): a 1x1 pw2
+    # folds them into its bias (removed), a padded 3x3 pw2 cannot (kept, with the reason)
+    kept = 3 if k_last == 3 else 2
+    assert ws["pw1"].shape[0] == kept
+    assert ws["dw"].shape == (kept * mult, 1, 3, 3)
+    assert helper.get_attribute_value(next(a for a in node(m, "dw").attribute if a.name == "group")) == kept
+    assert ws["pw2"].shape[1] == kept * mult
+    if k_last == 3:
+        assert any("is padded" in r["reason"] and "Conv 'pw2'" in r["reason"] for r in stats["refused"])
 
 
 def test_grouped_conv_loses_only_whole_groups():
@@ -399,35 +404,51 @@ def test_nothing_to_cut_reports_unchanged():
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
 
+ACT = {"Relu": lambda x: np.maximum(x, np.float32(0)),
+       "LeakyRelu": lambda x: np.where(x < 0, np.float32(0.01) * x, x),
+       "Sigmoid": lambda x: np.float32(1) / (np.float32(1) + np.exp(-x)),
+       "Softplus": lambda x: np.log1p(np.exp(x))}
+
+
 def expected_chain(weights, biases, acts):
     """Channels kept between conv i and conv i+1 in a chain, by direct reasoning on the masks.
 
-    zero: bias 0 and every non-zero weight reads a zero (post-activation) channel;
+    Every conv is a padded 3x3, so a channel is an input-independent constant only when all
+    its non-zero weights read channels that are exactly 0: then it is its bias b (pre
+    activation) and act(b) after. zero: that constant is 0 (structurally: bias 0); a
+    constant 0 after the activation (Relu of a negative bias) contributes nothing either.
     live: read with a non-zero weight by a live filter of the next conv (the last conv's
-    filters are graph outputs: live); a channel goes when its pre-activation value is
-    zero or unused and its post-activation value is zero or unused.
+    filters are graph outputs: live). A channel goes when its pre-activation value is
+    constant or unused and its post-activation value is 0 or unused (a non-zero constant
+    read by a live padded conv cannot be folded: it varies at the borders). A filter that
+    goes is not live: it reads nothing any more.
     """
     n = len(weights)
-    zero_pre, zero_post = [], []
-    prev = np.zeros(weights[0].shape[1], bool)
+    const_pre, post0, zero_post = [], [], []
+    prev_val = np.full(weights[0].shape[1], np.nan)     # graph input: not constant
     for i in range(n):
         reads = (weights[i] != 0).reshape(weights[i].shape[0], weights[i].shape[1], -1).any(axis=2)
-        zp = (biases[i] == 0) & ~(reads & ~prev[None, :]).any(axis=1)
-        zero_pre.append(zp)
-        prev = zp if acts[i] in ("Relu", "LeakyRelu") else np.zeros_like(zp)  # f(0) = 0 or not
-        zero_post.append(prev)
+        reads_only_zeros = ~(reads & ~(prev_val == 0)[None, :]).any(axis=1)
+        pre = np.where(reads_only_zeros, biases[i].astype(np.float64), np.nan)
+        const_pre.append(~np.isnan(pre))
+        structural = reads_only_zeros & (biases[i] == 0)
+        if i < n - 1:
+            with np.errstate(all="ignore"):
+                post = np.where(np.isnan(pre), np.nan, ACT[acts[i]](pre.astype(np.float32)).astype(np.float64))
+            zero_post.append(structural & (acts[i] in ("Relu", "LeakyRelu")))
+            post0.append(post == 0)
+            prev_val = post
     live = np.ones(weights[-1].shape[0], bool)
     kept = [None] * (n - 1)
     for i in range(n - 2, -1, -1):
         reads = (weights[i + 1] != 0).reshape(weights[i + 1].shape[0], weights[i + 1].shape[1], -1).any(axis=2)
         needed_post = (reads & live[:, None]).any(axis=0)
-        live_post = needed_post & ~zero_post[i]
-        needed_pre = live_post            # the activation is the only reader
-        gone = (zero_pre[i] | ~needed_pre) & (zero_post[i] | ~needed_post)
+        needed_pre = needed_post & ~zero_post[i]     # the activation is the only reader
+        gone = (const_pre[i] | ~needed_pre) & (post0[i] | ~needed_post)
         if gone.all():
             gone[0] = False
         kept[i] = int((~gone).sum())
-        live = ~gone & needed_pre & ~zero_pre[i]
+        live = ~gone & needed_pre & ~(const_pre[i] & (biases[i] == 0))
     return kept
 
 

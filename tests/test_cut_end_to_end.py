@@ -175,9 +175,11 @@ def _counts(node: onnx.NodeProto, w: np.ndarray) -> tuple[int, int]:
     return w.shape[0], w.shape[1]
 
 
-def _is_zero_residual_branch(model: onnx.ModelProto, tensor: str, all_zero: bool, shapes) -> bool:
+def _is_zero_residual_branch(model: onnx.ModelProto, tensor: str, all_zero: bool, shapes,
+                             is_zero=lambda t: False) -> bool:
     """``tensor`` is all zero and every reader is an Add (or a Sub subtracting it) whose other
-    operand has the same shape: the best cut drops the branch (and so its producer)."""
+    operand has the same shape and is not zero too: the best cut drops the branch (and so its
+    producer). When both operands are zero the sum still reads one of them."""
     if not all_zero or tensor in {o.name for o in model.graph.output}:
         return False
     readers = [n for n in model.graph.node if tensor in n.input]
@@ -185,7 +187,8 @@ def _is_zero_residual_branch(model: onnx.ModelProto, tensor: str, all_zero: bool
         if n.op_type not in ("Add", "Sub") or len(n.input) != 2 or (n.op_type == "Sub" and n.input[0] == tensor):
             return False
         other = n.input[1] if n.input[0] == tensor else n.input[0]
-        if other == tensor or shapes.get(other) != shapes.get(tensor) or shapes.get(n.output[0]) != shapes.get(tensor):
+        if other == tensor or shapes.get(other) != shapes.get(tensor) or shapes.get(n.output[0]) != shapes.get(tensor) \
+                or is_zero(other):
             return False
     return bool(readers)
 
@@ -211,7 +214,8 @@ def best_possible_failures(case: Case, masked: onnx.ModelProto, cut_model: onnx.
             if live.size:
                 bad.append(f"{name}: removed, but output channels {s.chan_of[live].tolist()} of {dst} are live")
             continue
-        if _is_zero_residual_branch(masked, dst, facts.zero[s.atoms_of(dst)].all(), s.shapes):
+        if _is_zero_residual_branch(masked, dst, facts.zero[s.atoms_of(dst)].all(), s.shapes,
+                                    lambda t: t in s.spaces and bool(facts.zero[s.atoms_of(t)].all())):
             bad.append(f"{name}: its output {dst} is entirely zero and only added, yet the branch was kept")
         cut_node, cut_w = after[name]
         got_in, got_out = _counts(cut_node, cut_w)

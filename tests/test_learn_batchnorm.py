@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 from smof_onnx.learn.batchnorm import TrainBatchNorm  # noqa: E402
 from smof_onnx.learn.executor import OnnxModule  # noqa: E402
 from smof_onnx.learn.masking import Masks  # noqa: E402
-from smof_onnx.learn.select import prepare  # noqa: E402
+from smof_onnx.selection.select import prepare  # noqa: E402
 from tests.test_learn_gates import tiny_cnn  # noqa: E402
 
 

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from smof_onnx.passes.analysis.flops import count_cost
-from smof_onnx.learn.select import cut_ratio, prepare
+from smof_onnx.selection.select import cut_ratio, prepare
 from tests import cases
 from tests.test_learn_gates import cut_model, tiny_cnn
 

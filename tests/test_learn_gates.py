@@ -10,7 +10,7 @@ import pytest
 
 from smof_onnx.passes import graph as pgraph
 from smof_onnx.passes import pipeline
-from smof_onnx.learn.select import prepare
+from smof_onnx.selection.select import prepare
 from tests.helpers import assert_equivalent, random_inputs
 
 F = onnx.TensorProto.FLOAT

@@ -7,7 +7,7 @@ import onnx
 import onnx.numpy_helper as onh
 import pytest
 
-from smof_onnx.learn.select import prepare
+from smof_onnx.selection.select import prepare
 from tests.helpers import session
 from tests.test_learn_gates import tiny_cnn
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from smof_onnx.errors import UnsupportedModelError
-from smof_onnx.learn.select import FINE_MULTIPLE, cut_ratio, fit_budget, prepare, select
+from smof_onnx.selection.select import FINE_MULTIPLE, cut_ratio, fit_budget, prepare, select
 from tests.test_learn_gates import tiny_cnn
 
 

@@ -13,8 +13,9 @@ torch = pytest.importorskip("torch")
 
 from smof_onnx.data import as_calibration  # noqa: E402
 from smof_onnx.learn import train  # noqa: E402
+from smof_onnx.learn.batches import epoch_batches  # noqa: E402
 from smof_onnx.learn.executor import OnnxModule  # noqa: E402
-from smof_onnx.learn.select import prepare  # noqa: E402
+from smof_onnx.selection.select import prepare  # noqa: E402
 from smof_onnx.methods import CompressConfig  # noqa: E402
 from tests.test_learn_gates import tiny_cnn, tiny_cnn_batch_one  # noqa: E402
 
@@ -179,7 +180,8 @@ def test_finetune_with_batchnorm_exports_what_the_pruned_network_computes(monkey
         gated.append(bool(student._hooks) and bool(student._transforms))  # the gates are in place
         fold(*args)
 
-    monkeypatch.setattr(train, "fold_batchnorm", fold_checking_gates)
+    from smof_onnx.learn import finetune as finetune_module
+    monkeypatch.setattr(finetune_module, "fold_batchnorm", fold_checking_gates)
     train.finetune(p, student, data, teacher, h, settings, bn=bn)
     assert gated == [True]
     assert not hasattr(student, "train_norms") and not student.training
@@ -321,11 +323,11 @@ def test_whole_batches_fill_the_last_batch_of_an_epoch_from_its_start():
     data = as_calibration({"x": np.zeros((10, 3, 8, 8), np.float32)}, tiny_cnn())
     settings = train.TrainSettings(search_epochs=1, finetune_epochs=1, lr=1e-3, batch_size=4, seed=0,
                                    whole_batches=True)
-    batches = train._epochs(data, settings)
+    batches = epoch_batches(data, settings)
     epoch = [next(batches) for _ in range(3)]
     assert [len(b) for b in epoch] == [4, 4, 4]
     assert set(np.concatenate(epoch)) == set(range(10))
-    plain = train._epochs(data, dataclasses.replace(settings, whole_batches=False))
+    plain = epoch_batches(data, dataclasses.replace(settings, whole_batches=False))
     assert [len(next(plain)) for _ in range(3)] == [4, 4, 2]
 
 
@@ -354,3 +356,16 @@ def test_labels_out_of_the_classifiers_range_are_refused_before_training():
     train.check_labels(np.array([50, 60]), [torch.randn(2, 1, 4, 4)])  # no classifier output: unused
     with pytest.raises(DataError, match="labels go up to 108, but the model's classifier output has 10"):
         train.check_labels(np.array([100, 108, 3, 1]), teacher)
+
+
+def test_quality_lists_every_output_and_warns_on_a_small_split():
+    before = [torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]]), torch.full((3, 1, 2, 2), 0.9)]
+    after = [torch.tensor([[2.0, 0.0], [2.0, 0.0], [2.0, 0.0]]), torch.full((3, 1, 2, 2), 0.3)]
+    q = train.evaluate(before, after, None, "val", ["logits", "mask"])
+    assert set(q["outputs"]) == {"logits", "mask"}
+    assert q["outputs"]["logits"]["top1_agreement"] == pytest.approx(2 / 3) and "mask_iou" not in q["outputs"]["logits"]
+    assert q["outputs"]["mask"]["mask_iou"] == 0.0 and q["outputs"]["mask"]["relative_rms_error"] == pytest.approx(2 / 3)
+    assert q["relative_rms_error"] == max(o["relative_rms_error"] for o in q["outputs"].values())
+    assert "3 sample(s)" in q["warnings"][0]
+    many = train.evaluate([torch.ones(40, 3)], [torch.ones(40, 3)], None, "val")
+    assert "warnings" not in many and set(many["outputs"]) == {"output_0"}

@@ -132,3 +132,32 @@ def test_a_model_without_flops_is_a_usage_error_not_a_crash(target, tmp_path, ca
     onnx.save(relu_only(), src)
     assert main(["compress", str(src), "-o", str(out), "--method", "l2", "--target-flops", target]) == 2
     assert "nothing to compress" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("options,flag,has_data", [
+    (dict(epochs=2), "--epochs", False), (dict(epochs=2), "--epochs", True),
+    (dict(lr=1e-3), "--lr", False), (dict(finetune_epochs=2), "--finetune-epochs", False),
+    (dict(batch_size=8), "--batch-size", False), (dict(val_split=0.2), "--val-split", False),
+    (dict(threads=1), "--threads", False), (dict(feature_distill=0.0), "--feature-distill", False),
+    (dict(bench_batch=8), "--bench-batch", False),
+])
+def test_options_l2_does_not_read_are_refused_naming_option_and_method(options, flag, has_data):
+    from smof_onnx.errors import UsageError
+
+    data = {"x": np.zeros((4, 3, 8, 8), np.float32)} if has_data else None
+    with pytest.raises(UsageError, match=rf"^{flag} is .*--method l2"):
+        METHODS["l2"](tiny_cnn(), data, target_flops=0.7, **options)
+
+
+def test_every_option_is_classified_and_smof_refuses_a_bench_batch_without_latency_target():
+    import dataclasses
+
+    from smof_onnx.errors import UsageError
+    from smof_onnx.methods import METHOD_OPTIONS, CompressConfig, _ALWAYS, check_options
+
+    fields = {f.name for f in dataclasses.fields(CompressConfig)}
+    read = set(_ALWAYS).union(*(t for m in METHOD_OPTIONS.values() for t in m.values()))
+    assert fields == read  # a new option must say which methods read it
+    with pytest.raises(UsageError, match="--bench-batch is read only with --target-latency"):
+        check_options("smof", CompressConfig(bench_batch=8), {"bench_batch"}, True)
+    check_options("smof", CompressConfig(epochs=2, lr=1e-3), {"epochs", "lr"}, True)  # smof reads both

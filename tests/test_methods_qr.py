@@ -190,10 +190,18 @@ def test_flops_target_is_met_by_the_cut_model(residual, target):
 
 def test_residual_handling_reaches_budgets_that_branch_pruning_alone_cannot():
     model = resnet()
-    off = run(model, _data(), QRConfig(target_flops=0.15, residual="off"))
+    off = run(model, _data(), QRConfig(target_flops=0.15, residual="off", allow_miss=True))
     on = run(model, _data(), QRConfig(target_flops=0.15, residual="on"))
     assert not off.settings["target_met"] and on.settings["target_met"]
     assert on.settings["flops_after"] <= 0.15 * _flops(model) < off.settings["flops_after"]
+    assert "residual handling is off" in off.settings["miss_reason"]
+
+
+def test_a_missed_target_is_an_error_naming_what_limited_it():
+    from smof_onnx.errors import VerificationError
+
+    with pytest.raises(VerificationError, match=r"qr cannot reach 0\.15 of the FLOPs.*residual handling is off"):
+        run(resnet(), _data(), QRConfig(target_flops=0.15, residual="off"))
 
 
 def test_least_squares_beats_zeroing_the_dropped_channels():
@@ -326,3 +334,128 @@ def test_unnamed_nodes_are_handled():
     result = run(model, _data(), QRConfig(target_flops=0.6))
     assert result.settings["target_met"] and result.settings["units"] == 3
     assert _flops(_cut(result.model)) <= 0.6 * _flops(model)
+
+
+# ------------------------------------------------------------------------- depthwise groups
+
+def inverted_residual(seed=0, c=8, e=24):
+    """stem 3x3 -> [expand 1x1, Relu, depthwise 3x3 (group=e), Relu, project 1x1] -> head 1x1:
+    the expanded channels pass through the depthwise conv; the project conv is their only reader."""
+    rng = np.random.default_rng(seed)
+    inits = {"Ws": rng.standard_normal((c, 3, 3, 3)) * 0.4, "Ws_b": rng.standard_normal(c) * 0.1,
+             "We": rng.standard_normal((e, c, 1, 1)) * 0.4, "We_b": rng.standard_normal(e) * 0.1,
+             "Wd": rng.standard_normal((e, 1, 3, 3)) * 0.4, "Wd_b": rng.standard_normal(e) * 0.1,
+             "Wp": rng.standard_normal((c, e, 1, 1)) * 0.3, "Wp_b": rng.standard_normal(c) * 0.1,
+             "Wh": rng.standard_normal((4, c, 1, 1)) * 0.3, "Wh_b": rng.standard_normal(4) * 0.1}
+    nodes = [_conv("input", "s", "Ws", "stem", 3), helper.make_node("Relu", ["s"], ["sr"], name="stem_relu"),
+             _conv("sr", "x", "We", "expand", 1), helper.make_node("Relu", ["x"], ["xr"], name="expand_relu"),
+             helper.make_node("Conv", ["xr", "Wd", "Wd_b"], ["d"], name="dw", pads=[1] * 4, group=e),
+             helper.make_node("Relu", ["d"], ["dr"], name="dw_relu"),
+             _conv("dr", "p", "Wp", "project", 1), _conv("p", "output", "Wh", "head", 1)]
+    return _model(nodes, inits, (1, 3, 8, 8))
+
+
+def test_a_group_through_a_depthwise_conv_is_selected_by_its_readers_and_cut_exactly():
+    model = inverted_residual()
+    result = run(model, _data(), QRConfig(target_flops=0.5))
+    through = [c for c in result.choices if c["depthwise"]]
+    assert [c["depthwise"] for c in through] == [["dw"]] and through[0]["members"] == ["project"]
+    assert through[0]["kept"] < through[0]["total"]
+    assert not any("depthwise" in s["reason"] for s in result.settings["skipped"])
+    assert result.settings["target_met"] and _flops(_cut(result.model)) <= 0.5 * _flops(model)
+    cut = _cut(result.model)
+    dw = next(n for n in cut.graph.node if n.op_type == "Conv" and any(a.name == "group" for a in n.attribute))
+    group = next(a.i for a in dw.attribute if a.name == "group")
+    assert group == through[0]["kept"]  # the depthwise conv lost exactly the dropped channels
+    assert_equivalent(result.model, cut, {"input": (4, 3, 8, 8)})
+
+
+def test_mobilenet_v2_reaches_a_target_only_its_depthwise_groups_allow():
+    from tests import cases
+
+    model = cases.load_zoo("mobilenet_v2", "torchscript")
+    shape = cases.zoo_input_shape("mobilenet_v2")
+    x = np.random.default_rng(0).standard_normal((24, *shape[1:])).astype(np.float32)
+    result = run(model, {"input": x}, QRConfig(target_flops=0.3, max_positions=512))
+    shapes = {"input": list(shape)}
+    assert count_cost(to_model(pipeline.cut(to_graph(result.model), shapes).graph), shapes).flops <= \
+        0.3 * count_cost(model, shapes).flops
+    assert sum(1 for c in result.choices if c["depthwise"] and c["kept"] < c["total"]) >= 5
+
+
+# ------------------------------------------------------------------------- quality and options
+
+def test_compress_with_labelled_data_reports_quality_before_and_after():
+    from smof_onnx import api
+
+    model = resnet(c=16)
+    x = _data(n=60)["input"]
+    labels = np.random.default_rng(3).integers(0, 5, 60)
+    from smof_onnx.data import CalibrationData
+    calib = CalibrationData({"input": x}, labels)
+    _, rep = api.compress(model, data=calib, method="qr", target_flops=0.6, val_split=0.25, seed=2)
+    q = rep["quality"]
+    assert q["split"] == "val" and q["samples"] == 15 and q["metric"] == "accuracy"
+    assert 0 <= q["accuracy_before"] <= 1 and 0 <= q["accuracy_after"] <= 1
+    assert q["relative_rms_error"] > 0  # the pruned model differs from the original
+    assert rep["method"]["val_samples"] == 15 and rep["method"]["train_samples"] == 45
+
+
+def test_fine_tune_options_reach_the_trainer(monkeypatch):
+    import smof_onnx.methods.qr as qr
+
+    seen = {}
+
+    def fake(model, data, epochs, **kwargs):
+        seen.update(kwargs, epochs=epochs, n=len(data))
+        return model
+
+    monkeypatch.setattr(qr, "finetune", fake)
+    from smof_onnx.methods import METHODS
+
+    METHODS["qr"](resnet(), _data(n=40), target_flops=0.6, finetune_epochs=2, seed=7, lr=3e-4, batch_size=16,
+                  threads=1, val_split=0.25, progress_bars=False)
+    assert {k: seen[k] for k in ("epochs", "seed", "lr", "batch_size", "threads", "n")} == \
+        {"epochs": 2, "seed": 7, "lr": 3e-4, "batch_size": 16, "threads": 1, "n": 30}
+
+
+# ------------------------------------------------------------------------- PP-OCR
+
+def _ppocr_qr(kind, n, target, **sizes):
+    from models import ppocr_calib
+    from tests import cases
+
+    model = cases.load_ppocr(kind)
+    data = ppocr_calib.calibration(kind, n, **sizes)
+    shapes = {k: [1, *v.shape[1:]] for k, v in data.items()}
+    result = run(model, data, QRConfig(target_flops=target, max_positions=1024, val_split=0.1))
+    cut = to_model(pipeline.cut(to_graph(result.model), shapes).graph)
+    return result, count_cost(cut, shapes).flops / count_cost(model, shapes).flops
+
+
+def test_ppocr_cls_reaches_half_the_flops_with_its_depthwise_groups():
+    pytest.importorskip("PIL")
+    result, ratio = _ppocr_qr("cls", 48, 0.5)
+    assert ratio <= 0.5 and result.settings["target_met"]
+    assert any(c["depthwise"] and c["kept"] < c["total"] for c in result.choices)
+    assert result.quality is None or "top1_agreement" in result.quality
+
+
+@pytest.mark.slow
+def test_ppocr_det_reaches_half_the_flops_with_its_depthwise_groups():
+    pytest.importorskip("PIL")
+    result, ratio = _ppocr_qr("det", 24, 0.5, size=(160, 160))
+    assert ratio <= 0.5 and result.settings["target_met"]
+    assert result.quality is None or "mask_iou" in result.quality
+
+
+@pytest.mark.parametrize("options,flag", [
+    (dict(kernel=False), "--no-kernel"), (dict(channel=False), "--no-channel"), (dict(epochs=3), "--epochs"),
+    (dict(target_latency=0.5), "--target-latency"), (dict(bench_batch=8), "--bench-batch"),
+    (dict(lr=1e-3), "--lr"), (dict(feature_distill=0.5), "--feature-distill"),
+])
+def test_options_qr_does_not_read_are_refused_naming_option_and_method(options, flag):
+    from smof_onnx.methods import METHODS
+
+    with pytest.raises(UsageError, match=rf"^{flag} is .*--method qr"):
+        METHODS["qr"](resnet(), _data(n=8), target_flops=0.6, **options)

@@ -134,7 +134,7 @@ def test_target_latency_alone_constrains_the_predicted_latency(monkeypatch, tmp_
     monkeypatch.setattr(latency, "time_model", lambda m, feed, *a: conv_macs(m, feed))
     monkeypatch.setattr(method_latency, "MEASURE_S", 0.2)
     _, report = api.compress(tiny_cnn(), data=tiny_data(), method="smof", target_flops=1.0, target_latency=0.6,
-                             bench_batch=4, **FAST)
+                             bench_batch=4, allow_miss=True, **FAST)  # the table is faked, the timing is real
     lat = report["method"]["latency"]
     assert lat["predicted_ratio"] <= 0.6 and lat["measured_ratio"] > 0 and lat["bench_batch"] == 4
     assert report["flops"]["ratio"] <= 0.65  # the convs are nearly all of the FLOPs

@@ -109,3 +109,86 @@ def test_inspect_table_lists_layers_totals_and_frozen_groups():
     assert "conv2" in text and "3.00K" in text
     assert "channel groups: 2 (1 cuttable, 1 frozen)" in text
     assert "frozen 1 (10 ch): graph output 'y'" in text
+
+
+# --- layers matched by identity; inspect's reasons --------------------------------------------
+
+def _unnamed_model(add_constant=None):
+    """x -> convA (all zero: a dead branch) + convB -> Add -> convC -> y, every node unnamed;
+    with ``add_constant`` a scalar Add follows a Relu on convC's input instead of the branches."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+
+    def init(n, a):
+        return numpy_helper.from_array(np.asarray(a, np.float32), n)
+
+    inits = [init("WA", np.zeros((8, 3, 3, 3))), init("BA", np.zeros(8)), init("WB", rng.standard_normal((8, 3, 3, 3))),
+             init("BB", np.zeros(8)), init("WC", rng.standard_normal((4, 8, 3, 3))), init("BC", np.zeros(4))]
+    if add_constant is None:
+        nodes = [helper.make_node("Conv", ["x", "WA", "BA"], ["a"], pads=[1] * 4),
+                 helper.make_node("Conv", ["x", "WB", "BB"], ["b"], pads=[1] * 4),
+                 helper.make_node("Add", ["a", "b"], ["s"])]
+    else:
+        inits.append(init("k", np.array(add_constant)))
+        nodes = [helper.make_node("Conv", ["x", "WB", "BB"], ["b"], pads=[1] * 4),
+                 helper.make_node("Relu", ["b"], ["r"]), helper.make_node("Add", ["r", "k"], ["s"])]
+    nodes.append(helper.make_node("Conv", ["s", "WC", "BC"], ["y"], pads=[1] * 4))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", 1, [1, 4, 8, 8])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_unnamed_layers_are_matched_by_identity_when_the_cut_removes_one():
+    from smof_onnx import api
+
+    model = _unnamed_model()
+    _, rep = api.cut(model)
+    rows = rep["layers"]
+    weights = {n.input[1]: i for i, n in enumerate(model.graph.node) if n.op_type == "Conv"}
+    # one row per layer of the input, none "added"; the dead branch convA is the removed one
+    assert len(rows) == 3 and all(r["kernel_before"] is not None for r in rows)
+    by_weight = dict(zip(["WA", "WB", "WC"], rows))
+    assert [r["name"] for r in rows] == [f"Conv_{weights[w]}" for w in ("WA", "WB", "WC")]
+    assert by_weight["WA"]["kernel_after"] is None and by_weight["WA"]["flops_after"] == 0
+    for w in ("WB", "WC"):  # untouched layers read the same before and after
+        r = by_weight[w]
+        assert (r["in_before"], r["out_before"], r["flops_before"]) == (r["in_after"], r["out_after"], r["flops_after"])
+
+
+def test_name_nodes_names_unnamed_and_duplicate_nodes_uniquely_and_deterministically():
+    from onnx import helper
+
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Relu", ["a"], ["b"], name="Relu_0"),
+                           helper.make_node("Relu", ["b"], ["c"], name="r"), helper.make_node("Relu", ["c"], ["y"], name="r")],
+                          "g", [helper.make_tensor_value_info("x", 1, [1])], [helper.make_tensor_value_info("y", 1, [1])])
+    model = helper.make_model(g)
+    assert report.name_nodes(model) == 2
+    names = [n.name for n in model.graph.node]
+    assert names == ["Relu_0_2", "Relu_0", "r", "r_3"] and len(set(names)) == 4
+    assert report.name_nodes(model) == 0  # stable once named
+
+
+def test_inspect_gives_each_group_its_real_reason():
+    from smof_onnx import api
+
+    info = api.inspect(_unnamed_model())
+    frozen = [g for g in info["channel_groups"] if g["frozen"]]
+    assert frozen and all(g["reason"] not in (None, "None", "") for g in frozen)
+    reasons = {g["reason"] for g in frozen}
+    assert "graph input 'x': graph inputs keep their shape" in reasons
+    assert "graph output 'y': graph outputs keep their shape" in reasons
+    assert all(g["gateable"] and g["reason"] is None for g in info["channel_groups"] if not g["frozen"])
+
+
+def test_inspect_names_groups_that_are_neither_removable_nor_gateable_and_why():
+    from smof_onnx import api
+
+    info = api.inspect(_unnamed_model(add_constant=0.0886))
+    blocked = [g for g in info["channel_groups"] if not g["frozen"] and not g["gateable"]]
+    assert len(blocked) == 1 and blocked[0]["size"] == 8
+    assert "after 'Add_2' (Add)" in blocked[0]["reason"] and "constant" in blocked[0]["reason"]
+    assert any(f["reason"] == blocked[0]["reason"] for f in info["frozen"])
+    text = report.format_inspect(info)
+    assert "1 neither removable nor gateable" in text and "Add_2" in text

@@ -12,18 +12,27 @@ Public API (other modules code against it)::
         label: int[atoms]                  slot id per atom; slot_removable: bool[n_slots]
         tensor_zero(name) -> bool[C]       channel identically zero
         tensor_unused(name) -> bool[C]     no graph output depends on the channel
+        tensor_constant(name) -> float[C]  input-independent value of the channel (NaN: none)
+        constant: float[atoms]             the same per atom
         slots_of(name) -> int[C]           slot id per channel
         removable_slots() -> list[Slot]
     Slot
         id, atoms [(tensor, channel)], producers [(node, op, out_channel)],
         consumers [(node, op, in_channel | (start, stop))], zero, unused, removable,
-        frozen_by [Frozen], zero_if_producers_zeroed
+        frozen_by [Frozen], zero_if_producers_zeroed,
+        constants {tensor: value}          the slot's input-independent channels (zero included)
+        kept_because: str | None           why the slot is neither removable nor gateable
+    ChannelGroup
+        id, tensors, slots, frozen_by,
+        constant_slots {slot: {tensor: value}}, kept_because [distinct reasons of its slots]
 
 An *atom* is one channel of one tensor. Rules (:mod:`smof_onnx.passes.analysis.rules`) union the
 atoms that must go together; a *slot* is one connected component (so Concat offsets,
 Split/Slice ranges, depthwise groups and Flatten feature blocks are handled alike).
-A slot is *removable* when no atom is frozen and every atom is zero or unused (then
-every op touching it has a drop rule: ops without one freeze what they touch).
+A slot is *removable* when no atom is frozen and every atom is zero, unused, or a
+constant that every live reader in another slot can fold into its bias (the *constant*
+fact and the folding rules: :mod:`smof_onnx.passes.analysis.constants`); then every op
+touching it has a drop rule (ops without one freeze what they touch).
 
 Frozen: graph inputs and outputs, ops absent from ``RULES`` (If/Loop/Scan, quantized
 ops, custom domains included), tensors whose channel axis or needed shapes are
@@ -37,8 +46,16 @@ sees the group unfrozen.
 
 ``zero_if_producers_zeroed`` answers the learning stage: if every producer entry of the
 slot (Conv/ConvTranspose/Gemm/MatMul filter weights + bias, BN/IN scale + shift) were
-zero, would the slot be removable? It is computed for all slots at once (slots are
-disjoint; cross-slot liveness is judged by the real facts, which is conservative).
+zero, would the slot be removable? A zeroed channel that becomes a constant (PP-LCNetV3's
+``Mul`` by s then ``Add`` of b after the activation turn 0 into b) counts when the
+constant can be folded. It is computed for all slots at once (slots are disjoint;
+cross-slot liveness and cross-slot operands are judged by the real facts, which is
+conservative).
+
+``kept_because`` names, for a slot that is neither removable nor gateable, the first
+reason found: a freeze, no producer to zero, a constant that a reader cannot fold
+("channel 3 constant 0.0886 after Add 'p2o.Add.12': consumer Conv 'c' is padded ..."),
+or the tensor whose channel still depends on the input with the producers zeroed.
 """
 from __future__ import annotations
 
@@ -52,6 +69,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ..graph import opset_version
+from .constants import const_blocked, forward_const
 from .facts import backward_needed, forward_zero
 from .rulebase import refuse
 from .rules import RULES
@@ -74,6 +92,8 @@ class Slot:
     removable: bool
     frozen_by: list[Frozen]
     zero_if_producers_zeroed: bool
+    constants: dict[str, float] = dataclasses.field(default_factory=dict)
+    kept_because: str | None = None
 
 
 @dataclasses.dataclass
@@ -82,6 +102,8 @@ class ChannelGroup:
     tensors: list[str]
     slots: list[int]
     frozen_by: list[Frozen]
+    constant_slots: dict[int, dict[str, float]] = dataclasses.field(default_factory=dict)
+    kept_because: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def frozen(self) -> bool:
@@ -101,6 +123,8 @@ class ChannelAnalysis:
     slot_removable: np.ndarray  # per slot
     builder: Builder = dataclasses.field(repr=False)
     _per_slot: dict[str, np.ndarray] = dataclasses.field(repr=False, default_factory=dict)
+    constant: np.ndarray | None = dataclasses.field(repr=False, default=None)   # per atom, NaN: not constant
+    _facts: dict = dataclasses.field(repr=False, default_factory=dict)
 
     @property
     def n_slots(self) -> int:
@@ -128,6 +152,10 @@ class ChannelAnalysis:
 
     def tensor_unused(self, name: str) -> np.ndarray:
         return self._take(self.unused, name)
+
+    def tensor_constant(self, name: str) -> np.ndarray:
+        """float [C]: each channel's input-independent value (NaN: depends on the input)."""
+        return self._take(self.constant, name)
 
     def slots_of(self, name: str) -> np.ndarray:
         return self._take(self.label, name)
@@ -241,13 +269,7 @@ def analyze_channels(graph: gs.Graph, input_shapes: Mapping[str, Sequence[int]] 
     n_slots, label = connected_components(adj, directed=False) if n else (0, np.zeros(0, np.int64))
 
     zero = forward_zero(nodes, b, RULES)
-    needed, live_nodes = backward_needed(nodes, b, zero)
-    hyp = np.zeros(n, bool)
-    for ids in b.zeroable:
-        hyp[ids] = True
-    zero_h = forward_zero(nodes, b, RULES, hyp)
-    needed_h, _ = backward_needed(nodes, b, zero_h, cross=(label, zero, needed), live_nodes=live_nodes)
-
+    value = forward_const(nodes, b, RULES, zero)
     frozen_atom = np.zeros(n, bool)
     for _, ids in b.frozen_events:
         frozen_atom[ids] = True
@@ -257,12 +279,37 @@ def analyze_channels(graph: gs.Graph, input_shapes: Mapping[str, Sequence[int]] 
         bad[label[~mask]] = True
         return ~bad
 
+    def folds(v: np.ndarray, why: dict) -> np.ndarray:
+        ok = np.isfinite(v)
+        ok[list(why)] = False
+        return ok
+
     slot_frozen = ~per_slot_all(~frozen_atom)
+    # Removed constants are folded, not read: they need nothing, so iterate to the fixed point.
+    dead = zero
+    for _ in range(n_slots + 1):
+        needed, live_nodes = backward_needed(nodes, b, dead)
+        blocked = const_blocked(nodes, b, value, zero, needed, label, cross=(dead, needed))
+        removable = per_slot_all(zero | ~needed | folds(value, blocked)) & ~slot_frozen
+        now = zero | (removable[label] & np.isfinite(value))
+        if (now == dead).all():
+            break
+        dead = now
+    hyp = np.zeros(n, bool)
+    for ids in b.zeroable:
+        hyp[ids] = True
+    zero_h = forward_zero(nodes, b, RULES, hyp)
+    needed_h, _ = backward_needed(nodes, b, zero_h, cross=(label, dead, needed), live_nodes=live_nodes)
+    value_h = forward_const(nodes, b, RULES, zero_h, hyp, real=(label, value))
+    blocked_h = const_blocked(nodes, b, value_h, zero_h, needed_h, label, cross=(dead, needed))
+
+    ok_h = zero_h | ~needed_h | folds(value_h, blocked_h)
     per_slot = {"zero": per_slot_all(zero), "unused": per_slot_all(~needed),
-                "gateable": per_slot_all(zero_h | ~needed_h) & ~slot_frozen}
-    removable = per_slot_all(zero | ~needed) & ~slot_frozen
+                "gateable": per_slot_all(ok_h) & ~slot_frozen}
     frozen = list(dict.fromkeys(fr for fr, _ in b.frozen_events))
-    return ChannelAnalysis(frozen, dict(b.spaces), zero, ~needed, label, removable, b, per_slot)
+    facts = {"needed": needed, "blocked": blocked, "ok_h": ok_h, "blocked_h": blocked_h, "value_h": value_h,
+             "nodes": nodes}
+    return ChannelAnalysis(frozen, dict(b.spaces), zero, ~needed, label, removable, b, per_slot, value, facts)
 
 
 def _slots(a: ChannelAnalysis) -> list[Slot]:
@@ -286,9 +333,40 @@ def _slots(a: ChannelAnalysis) -> list[Slot]:
     consumers = _by_slot(b.consumers, label, n_slots, ranges=True)
     zero, unused = a._per_slot["zero"].tolist(), a._per_slot["unused"].tolist()
     removable, gateable = a.slot_removable.tolist(), a._per_slot["gateable"].tolist()
-    return [Slot(s, list(zip(tensors[bounds[s]:bounds[s + 1]], chans[bounds[s]:bounds[s + 1]])), producers[s],
-                 consumers[s], zero[s], unused[s], removable[s], events_of_slot.get(s, []), gateable[s])
-            for s in range(n_slots)]
+    value = a.constant if a.constant is not None else np.full(n, np.nan)
+    consts = [dict() for _ in range(n_slots)]
+    for i in np.flatnonzero(np.isfinite(value)).tolist():
+        consts[int(label[i])][str(tensor_of[i])] = float(value[i])
+    slots = [Slot(s, list(zip(tensors[bounds[s]:bounds[s + 1]], chans[bounds[s]:bounds[s + 1]])), producers[s],
+                  consumers[s], zero[s], unused[s], removable[s], events_of_slot.get(s, []), gateable[s], consts[s])
+             for s in range(n_slots)]
+    for slot in slots:
+        if not slot.removable and not slot.zero_if_producers_zeroed:
+            slot.kept_because = _kept_because(a, slot, order[bounds[slot.id]:bounds[slot.id + 1]], tensor_of)
+    return slots
+
+
+def _kept_because(a: ChannelAnalysis, slot: Slot, atoms: np.ndarray, tensor_of: np.ndarray) -> str:
+    """Why ``slot`` is neither removable nor gateable (see the module docstring)."""
+    if slot.frozen_by:
+        fr = slot.frozen_by[0]
+        return f"frozen by {fr.where}: {fr.reason}"
+    if not slot.producers:
+        return (f"no producer can zero it: its channels come from '{tensor_of[atoms[0]]}' without a Conv, Gemm, "
+                "MatMul or BatchNormalization in the group")
+    facts = a._facts
+    bad = [int(i) for i in atoms if not facts["ok_h"][i]]
+    for i in bad:
+        if i in facts["blocked_h"]:
+            return facts["blocked_h"][i][1]
+    made_by = {o.name: n for n in facts["nodes"] for o in n.outputs}
+    if bad:
+        t = str(tensor_of[bad[0]])
+        node = made_by.get(t)
+        where = f" after {node.op} '{node.name}'" if node is not None else ""
+        return (f"channel of '{t}'{where} still depends on the input when the slot's producers "
+                f"({', '.join(sorted({p[0] for p in slot.producers}))}) are zeroed")
+    return "not removable"
 
 
 def _by_slot(entries, label: np.ndarray, n_slots: int, ranges: bool) -> list[list]:
@@ -335,6 +413,10 @@ def _groups(b: Builder, label: np.ndarray, n_slots: int, slots: list[Slot]) -> l
     for s in slots:
         g = groups[int(comp[nt + s.id])]
         g.slots.append(s.id)
+        if s.constants:
+            g.constant_slots[s.id] = dict(s.constants)
+        if s.kept_because and s.kept_because not in g.kept_because:
+            g.kept_because.append(s.kept_because)
         for fr in s.frozen_by:
             if fr not in g.frozen_by:
                 g.frozen_by.append(fr)

@@ -10,6 +10,9 @@ A rule answers three questions about one op type:
     Forward transfer of the *zero* fact: ``z.zero(tensor)`` gives the input masks,
     ``z.set(tensor, mask)`` the output's. Omitted outputs are "not known zero".
     (Weighted producers are handled generically from their :class:`Sink`.)
+``fold(node, c)``
+    Before ``drop``: a weighted reader adds the contribution of removed constant input
+    channels (``c.folded(tensor)``: value per channel, 0 where nothing is folded) to its bias.
 ``drop(node, c)``
     The editing half: ``c.removed(tensor)`` is the bool mask of removed channels of a
     tracked tensor (``None``: nothing removed), ``c.set_input(node, i, values)``
@@ -45,6 +48,13 @@ class Rule:
 
     def drop(self, node: gs.Node, c: Any) -> None:
         """Default: removing channels needs no edit of the node."""
+
+    def fold(self, node: gs.Node, c: Any) -> None:
+        """Absorb removed constant input channels (``c.folded(tensor)``) before ``drop``.
+
+        Default: nothing to absorb (the analysis lets only foldable readers keep reading a
+        removed non-zero constant; see :mod:`smof_onnx.passes.analysis.constants`).
+        """
 
 
 def data_inputs(node: gs.Node, indices: list[int] | None = None) -> list[tuple[int, gs.Tensor]]:

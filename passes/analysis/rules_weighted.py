@@ -13,6 +13,17 @@ MatMul      A[..., K] x B[K, N] with B a constant matrix: features on the last a
 An output channel is zero when its bias (beta*C for Gemm) is 0 and every weight
 reading a non-zero input channel is 0. Dropping removes filters (W rows / columns,
 bias entries) and input slices.
+
+Folding (``fold``, before ``drop``): a removed input channel c that is the constant v
+(:mod:`smof_onnx.passes.analysis.constants`) adds, to output f,
+- Conv with zero pads, group 1: v * sum(W[f, c]) at every output position (each output
+  position reads every tap of c inside the image, all equal to v), added to B[f];
+- Gemm: alpha * v * B'[c, f] to every row, added to C (C := C + that / beta; a missing C or
+  beta = 0 becomes C := that, beta := 1);
+- MatMul: v * B[c, f] on every row, added by a new ``Add`` after the MatMul.
+Removing c then removes exactly that term, so every output keeps its value. Grouped convs
+read their inputs inside the slot that is removed with them, and the analysis lets no live
+padded Conv or ConvTranspose read a removed non-zero constant, so they fold nothing.
 """
 from __future__ import annotations
 
@@ -23,6 +34,13 @@ import onnx_graphsurgeon as gs
 
 from .rulebase import Rule, refuse
 from .spaces import Builder, Space
+
+
+def pads_zero(node: gs.Node) -> bool:
+    auto = node.attrs.get("auto_pad", "NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    """No zero padding at all: every output position reads every tap inside the input."""
+    return auto in ("NOTSET", "VALID") and not any(int(p) for p in node.attrs.get("pads", ()))
 
 
 def _input_space(node: gs.Node, b: Builder, axis: int | None, size: int) -> Space | None:
@@ -88,6 +106,17 @@ class Conv(Rule):
             if xs is None:
                 b.freeze(node, "grouped conv whose input channels are not tracked", ys.ids)
 
+    def fold(self, node: gs.Node, c: Any) -> None:
+        data = c.data(node)
+        v = c.folded(node.inputs[0]) if data["tracked_input"] else None
+        if v is None or self.transpose or data["groups"] != 1 or not pads_zero(node):
+            return
+        w = np.asarray(node.inputs[1].values, np.float64)
+        contrib = w.reshape(w.shape[0], w.shape[1], -1).sum(axis=2) @ v
+        has_bias = len(node.inputs) > 2 and bool(node.inputs[2].name)
+        bias = np.asarray(node.inputs[2].values, np.float64) if has_bias else np.zeros(w.shape[0])
+        c.set_input(node, 2, (bias + contrib).astype(np.asarray(node.inputs[1].values).dtype))
+
     def drop(self, node: gs.Node, c: Any) -> None:
         data = c.data(node)
         x, y = node.inputs[0], node.outputs[0]
@@ -149,6 +178,22 @@ class Gemm(Rule):
         b.sink(node, xs, ys, dep, 1, bias_zero)
         b.data[id(node)] = {"tracked_input": xs is not None}
 
+    def fold(self, node: gs.Node, c: Any) -> None:
+        v = c.folded(node.inputs[0]) if c.data(node)["tracked_input"] else None
+        if v is None:
+            return
+        bw = np.asarray(node.inputs[1].values)
+        bm = (bw.T if node.attrs.get("transB", 0) else bw).astype(np.float64)
+        alpha, beta = float(node.attrs.get("alpha", 1.0)), float(node.attrs.get("beta", 1.0))
+        contrib = alpha * (v @ bm)
+        has_c = len(node.inputs) > 2 and bool(node.inputs[2].name)
+        if has_c and beta != 0:
+            new = np.asarray(node.inputs[2].values, np.float64) + contrib / beta
+        else:
+            new = contrib
+            node.attrs["beta"] = 1.0
+        c.set_input(node, 2, new.astype(bw.dtype))
+
     def drop(self, node: gs.Node, c: Any) -> None:
         rin = c.removed(node.inputs[0]) if c.data(node)["tracked_input"] else None
         rout = c.removed(node.outputs[0])
@@ -186,6 +231,17 @@ class MatMul(Rule):
             return
         b.sink(node, xs, ys, bw.T != 0, 1, np.ones(n, bool))
         b.data[id(node)] = {"tracked_input": xs is not None}
+
+    def fold(self, node: gs.Node, c: Any) -> None:
+        v = c.folded(node.inputs[0]) if c.data(node)["tracked_input"] else None
+        if v is None:
+            return
+        bw = np.asarray(node.inputs[1].values)
+        contrib = (v @ bw.astype(np.float64)).astype(bw.dtype)
+        rout = c.removed(node.outputs[0])
+        if rout is not None:
+            contrib = contrib[~rout]
+        c.add_after(node, contrib)
 
     def drop(self, node: gs.Node, c: Any) -> None:
         rin = c.removed(node.inputs[0]) if c.data(node)["tracked_input"] else None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .gates import GateSpace
+from ..selection.gates import GateSpace
 
 __all__ = ["Masks"]
 

@@ -23,7 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .ops import Node, axis_of, ints, op
+from .ops_registry import Node, axis_of, ints, op
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONVT = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}

@@ -1,4 +1,4 @@
-"""Shape, tensor, matmul and reduction ops of the executor's table (see :mod:`.ops`).
+"""Shape, tensor, matmul and reduction ops of the executor's table (see :mod:`.ops`; registered in :mod:`.ops_registry`).
 
 Rules:
 - Shape tensors are int64 tensors on the input's device; ops that need Python ints
@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import torch
 
-from .ops import axis_of, from_numpy, ints, op
+from .ops_registry import axis_of, from_numpy, ints, op
 
 # ---------------------------------------------------------------- shape and tensor ops
 

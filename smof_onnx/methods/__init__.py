@@ -7,7 +7,10 @@
   :class:`smof_onnx.data.CalibrationData` (validated against the model before any training).
 - ``config``: a :class:`CompressConfig`; or leave it out and pass the options as keywords
   (``target_flops=0.5, seed=0, input_shapes=..., epochs=...``), which is how
-  :func:`smof_onnx.api.compress` calls a method. An unknown option is a :class:`UsageError`.
+  :func:`smof_onnx.api.compress` calls a method. An unknown option is a :class:`UsageError`, and
+  so is an option the method does not read in that run (:data:`METHOD_OPTIONS`,
+  :func:`check_options`: e.g. ``--epochs`` with ``l2``, ``--no-kernel`` with ``qr``, a fine-tune
+  option of ``l2`` without data), naming the option and the method.
 
 Registered: ``smof`` (learned kernel + channel gates, :mod:`.smof`), ``l2`` (data-free filter
 L2 norm and kernel-border energy, :mod:`.l2`), ``qr`` (CHaPR pivoted QR, :mod:`.qr`). Methods
@@ -25,8 +28,9 @@ from typing import Any, Callable, Mapping, Sequence
 import onnx
 
 from ..errors import UsageError
+from ..selection.defaults import FEATURE_DISTILL  # --feature-distill's default, shared with the trainer
 
-__all__ = ["METHODS", "MethodResult", "CompressConfig", "config_from_options"]
+__all__ = ["METHODS", "MethodResult", "CompressConfig", "config_from_options", "check_options", "METHOD_OPTIONS"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,11 +48,6 @@ class MethodResult:
     quality: dict | None = None
 
 
-# Default weight of the stage-output distillation (``--feature-distill``): smof's training and
-# the l2 / qr fine-tunes read it here, so the torch-free qr settings need not import the trainer.
-FEATURE_DISTILL = 1.0
-
-
 _INT_FIELDS = ("epochs", "finetune_epochs", "batch_size", "seed", "channel_multiple", "bench_batch", "threads")
 _FLOAT_FIELDS = ("target_flops", "target_latency", "lr", "val_split", "feature_distill")
 
@@ -61,15 +60,17 @@ class CompressConfig:
     for the fine-tune with masks fixed (default: as many as make about 300 optimiser steps of
     search and 600 of fine-tune, so small calibration sets still train and large ones stay fast).
     ``channel_multiple``: kept channel counts of every slot family are multiples of this
-    (or the full count); 0 is the per-family rule of :func:`smof_onnx.learn.gates.family_multiple`
+    (or the full count); 0 is the per-family rule of :func:`smof_onnx.selection.gates.family_multiple`
     (16 for families of >= 32 channels, else 8; ``qr`` takes one multiple and uses 8), the
     default: on the default model at 0.5 FLOPs it ran 1.69x faster than the original where a
     multiple of 8 everywhere ran 1.27x, at the same accuracy (see ``family_multiple``). ``target_latency`` / ``bench_batch``: the latency-aware budget.
     ``threads``: PyTorch's intra-op threads while a method trains (None: PyTorch's default, one
     per core). On this 2-core machine, with another process busy, training with the default's
     2 threads slowed from 5 to 0.25 steps/s (spin-waiting threads); ``threads=1`` avoids that.
+    ``max_memory``: the learning stage's memory budget, bytes or a size such as ``"4G"`` (None: half
+    the available memory; :mod:`smof_onnx.learn.memory`); the batch is lowered to fit it.
     ``feature_distill``: weight of the stage-output distillation (each stage's output matched
-    to the original's, :func:`smof_onnx.learn.train.feature_taps`; None: :data:`FEATURE_DISTILL`, 0: off) in the
+    to the original's, :func:`smof_onnx.selection.taps.feature_taps`; None: :data:`FEATURE_DISTILL`, 0: off) in the
     training of smof and in the fine-tune of ``l2`` and ``qr`` with data.
     """
 
@@ -89,6 +90,7 @@ class CompressConfig:
     feature_distill: float | None = None
     input_shapes: Mapping[str, Sequence[int]] | None = None
     progress_bars: bool = True
+    max_memory: int | str | None = None
 
     def __post_init__(self):
         # Types first (API callers pass anything; a NaN epoch count would pass every comparison below).
@@ -124,6 +126,10 @@ class CompressConfig:
         if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
             raise UsageError(f"--lr {self.lr}: must be a finite number > 0 (e.g. 1e-3; leave it out for the "
                              "method's default)")
+        if self.max_memory is not None:
+            from ..learn.memory import parse_memory  # torch-free
+
+            parse_memory(self.max_memory)  # a clear --max-memory error before any work
         if not (self.kernel or self.channel):
             raise UsageError("--no-kernel together with --no-channel leaves nothing to compress")
 
@@ -148,10 +154,74 @@ def config_from_options(config: CompressConfig | None = None, **options: Any) ->
     return dataclasses.replace(config or CompressConfig(), **given)
 
 
+# What each method reads (design: one configuration, refused where unused). An option outside
+# its method's set is a UsageError naming both, never silently dropped. ``_ALWAYS``: every method.
+_ALWAYS = frozenset({"target_flops", "seed", "input_shapes", "progress_bars"})
+_SELECTION = frozenset({"kernel", "channel", "channel_multiple"})
+_LATENCY = frozenset({"target_latency", "bench_batch"})
+_TRAINING = frozenset({"finetune_epochs", "lr", "batch_size", "val_split", "threads", "feature_distill", "max_memory"})
+_QR_FINETUNE = frozenset({"lr", "feature_distill", "max_memory"})  # read only when qr fine-tunes
+METHOD_OPTIONS: dict[str, dict[str, frozenset[str]]] = {
+    # "data" / "no_data": the options read with and without calibration data
+    "smof": {"data": _SELECTION | _LATENCY | _TRAINING | {"epochs"},
+             "no_data": _SELECTION | _LATENCY | _TRAINING | {"epochs"}},  # smof refuses to run without data
+    "l2": {"data": _SELECTION | _LATENCY | _TRAINING, "no_data": _SELECTION | _LATENCY},
+    "qr": {"data": frozenset({"channel_multiple", "batch_size", "val_split", "threads", "finetune_epochs"}) | _QR_FINETUNE},
+}
+METHOD_OPTIONS["qr"]["no_data"] = METHOD_OPTIONS["qr"]["data"]  # qr refuses to run without data (its own error)
+_WHY_NOT = {
+    "kernel": "it never cuts kernel borders",
+    "channel": "it only cuts channels, so --no-channel would leave it nothing to do",
+    "target_latency": "it meets a FLOPs target only (--target-flops)",
+    "epochs": "it has no gate search (epochs are smof's search; use --finetune-epochs)",
+}
+
+
+def option_flag(field: str) -> str:
+    """The command-line spelling of a :class:`CompressConfig` field."""
+    return {"kernel": "--no-kernel", "channel": "--no-channel", "input_shapes": "--input-shape"}.get(
+        field, "--" + field.replace("_", "-"))
+
+
+def check_options(method: str, config: CompressConfig, given: set[str], has_data: bool) -> None:
+    """Refuse (UsageError naming the option and the method) every option in ``given`` that
+    ``method`` does not read in this run; ``given``: the options the caller set (the fields of a
+    passed config that differ from the defaults, and every explicit keyword)."""
+    table = METHOD_OPTIONS.get(method)
+    if table is None:
+        return
+    reads = _ALWAYS | table["data" if has_data else "no_data"]
+    for field in sorted(given):
+        flag = option_flag(field)
+        if field not in reads:
+            why = _WHY_NOT.get(field)
+            if why is None and not has_data and field in table["data"]:
+                why = "without --data it does not train (give --data, or leave the option out)"
+            raise UsageError(f"{flag} is not used by --method {method}: {why or 'it does not read this option'}; "
+                             f"leave it out (--method {method} reads: "
+                             f"{', '.join(sorted(option_flag(f) for f in reads - _ALWAYS)) or 'no method options'})")
+        if field == "bench_batch" and config.target_latency is None:
+            raise UsageError(f"--bench-batch is read only with --target-latency (--method {method}); add "
+                             "--target-latency or leave it out")
+        if method == "qr" and field in _QR_FINETUNE and not config.finetune_epochs:
+            raise UsageError(f"{flag} is read by --method qr only when it fine-tunes; add --finetune-epochs N "
+                             "(N > 0) or leave it out")
+
+
+def _given(config: CompressConfig | None, options: Mapping[str, Any]) -> set[str]:
+    default = CompressConfig()
+    given = {k for k, v in options.items() if v is not None and not (isinstance(v, bool) and v == getattr(default, k))}
+    if config is not None:
+        given |= {f.name for f in dataclasses.fields(CompressConfig)
+                  if getattr(config, f.name) != getattr(default, f.name)}
+    return given
+
+
 def _lazy(module: str) -> Callable[..., MethodResult]:
     def run(model: onnx.ModelProto, data: Any = None, config: CompressConfig | None = None,
             **options: Any) -> MethodResult:
         cfg = config_from_options(config, **options)
+        check_options(module, cfg, _given(config, options), data is not None)
         if module == "qr" and cfg.channel_multiple == 0:
             cfg = dataclasses.replace(cfg, channel_multiple=8)  # qr allocates with one multiple
         return importlib.import_module(f"{__name__}.{module}").run(model, data, cfg)

@@ -8,6 +8,17 @@ weight energy removed / share of the layer's FLOPs removed":
   remove (an inner ring drops the outer ones with it) over the kernel's energy, divided by
   ``2 j / k_a``, the fraction of the layer's FLOPs they carry: 1 for a uniform kernel, less
   for the usual trained kernel whose centre holds most of the energy.
+Without data the selection is conservative with the kernel borders of depthwise and grouped
+convs: they hold a few % of the FLOPs but every output channel of such a conv reads one input
+channel through its kernel alone, so a ring removed there is not compensated by other
+channels, and with no data nothing can be refitted or measured. A ring level that would leave
+such a kernel below :data:`MIN_GROUPED_KERNEL` (3) on an axis gets the score
+:data:`LAST_RESORT` (trimmed only if nothing else meets the target), and the other levels'
+scores are multiplied by :data:`GROUPED_RING_WEIGHT`.
+After the selection, the data-free result is checked against the original on random inputs
+(ONNX Runtime, :func:`output_change`): an output whose relative RMS change exceeds
+:data:`WARN_CHANGE` adds a line to ``settings["warnings"]`` (the report's ``method.warnings``),
+since l2 without data can neither correct nor measure that change.
 The gates are then chosen by :func:`smof_onnx.learn.select.select` (trim / restore by score,
 the real cut counted) so the cut model meets ``target_flops``. With data (and torch
 installed), the weights are fine-tuned with the zeros fixed
@@ -33,10 +44,19 @@ from . import CompressConfig, MethodResult
 from .latency import latency_budget, latency_report
 
 
-def scores(model: onnx.ModelProto, space: GateSpace) -> np.ndarray:
-    """Per-gate keep score (see the module docstring)."""
+MIN_GROUPED_KERNEL = 3     # without data, a depthwise / grouped kernel keeps at least this per axis
+LAST_RESORT = 1e6          # the score of a ring that only a target out of other reach may take
+GROUPED_RING_WEIGHT = 10.0  # without data, a depthwise / grouped ring counts this much more
+WARN_CHANGE = 0.5          # relative RMS change of an output (random inputs) that warrants a warning
+
+
+def scores(model: onnx.ModelProto, space: GateSpace, conservative: bool = False) -> np.ndarray:
+    """Per-gate keep score (see the module docstring); ``conservative``: the data-free rule for
+    the kernel borders of depthwise and grouped convs."""
     inits = {i.name: numpy_helper.to_array(i).astype(np.float64) for i in model.graph.initializer}
     nodes = {n.name: n for n in model.graph.node}
+    grouped = {n.input[1] for n in model.graph.node if n.op_type == "Conv" and len(n.input) > 1
+               and any(a.name == "group" and a.i > 1 for a in n.attribute)}
     s = np.ones(space.size)
     for (weight, a), idx in space.axes.items():
         w2 = inits[weight] ** 2
@@ -47,6 +67,8 @@ def scores(model: onnx.ModelProto, space: GateSpace) -> np.ndarray:
             j = space.kernel[i].level
             removed = along[:j].sum() + along[k - j:].sum()
             s[i] = (removed / total) / (2 * j / k)
+            if conservative and weight in grouped:
+                s[i] = LAST_RESORT if k - 2 * j < MIN_GROUPED_KERNEL else s[i] * GROUPED_RING_WEIGHT
     energy: dict[str, np.ndarray] = {}
     for gate in space.channel:
         vals = []
@@ -92,7 +114,7 @@ def run(model: onnx.ModelProto, data, config: CompressConfig) -> MethodResult:
     check_has_flops(problem)  # before the latency table is timed (a model without FLOPs has nothing to cut)
     latency = latency_budget(problem, config)
     extra = [] if latency is None else [(latency, config.target_latency)]
-    s = scores(problem.model, problem.space)
+    s = scores(problem.model, problem.space, conservative=calib is None)
     h, ratios = select(problem, s, config.target_flops, threshold=-np.inf, extra=extra)
     zeroed = problem.space.apply(problem.model, h)
     quality = None
@@ -102,10 +124,44 @@ def run(model: onnx.ModelProto, data, config: CompressConfig) -> MethodResult:
     if calib is not None:
         zeroed, quality, extra = _finetune(problem, calib, h, config)
         settings.update(extra)
+    else:
+        change = output_change(problem.model, zeroed, config.input_shapes)
+        settings["output_change_random_inputs"] = change
+        settings["warnings"] = [
+            f"output '{name}' changed by {err:.0%} (relative RMS, random inputs): data-free l2 can neither "
+            "correct nor measure this; give --data to fine-tune and measure the quality, or keep more FLOPs"
+            for name, err in change.items() if not err <= WARN_CHANGE]
     if latency is not None:
         settings["latency"] = latency_report(problem, latency, zeroed, h, config)
     settings["seconds"] = round(time.perf_counter() - start, 2)
     return MethodResult(zeroed, settings, problem.space.choices(problem.model, h), quality)
+
+
+def output_change(original: onnx.ModelProto, changed: onnx.ModelProto, input_shapes=None, batch: int = 2,
+                  seed: int = 0) -> dict[str, float]:
+    """Relative RMS change ``||changed - original|| / ||original||`` of every output on ``batch``
+    standard-normal inputs (ONNX Runtime, one thread); NaN when the models cannot be run."""
+    import onnxruntime as ort
+
+    from ..verify import random_feeds
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    try:
+        feeds = random_feeds(original, input_shapes, seed=seed, batch=batch)
+        outs = []
+        for m in (original, changed):
+            sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+            names = [o.name for o in sess.get_outputs()]
+            outs.append(dict(zip(names, sess.run(names, feeds))))
+    except Exception:  # noqa: BLE001 -- an estimate for a warning; the gate checks the cut itself
+        return {o.name: float("nan") for o in original.graph.output}
+    change = {}
+    for name, a in outs[0].items():
+        a64, b64 = np.asarray(a, np.float64), np.asarray(outs[1][name], np.float64)
+        change[name] = round(float(np.linalg.norm(b64 - a64) / (np.linalg.norm(a64) + 1e-12)), 6)
+    return change
 
 
 def _finetune(problem, calib, h: np.ndarray, config: CompressConfig):

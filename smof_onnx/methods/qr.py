@@ -56,6 +56,11 @@ the projection shortcuts and the head. Two rules make it prunable without retrai
 ``residual="off"`` skips stream groups (reason recorded), pruning only branch-internal and
 plain channels, which is what a per-layer method without the stream rule can do.
 
+Depthwise groups: a group that passes through a depthwise (or grouped) conv is a unit like
+any other; the depthwise conv drops the channel with its producer's filter and is not refitted
+(:mod:`.qr_units`). A cut over the target is an error naming what limited it
+(:func:`_miss_reason`), unless ``allow_miss`` (what ``compress`` sets: it checks the target itself).
+
 ``finetune_epochs > 0`` hands the result to the learning stage (needs torch); see
 :func:`finetune`. It distils the original's outputs and, with ``feature_distill`` (default
 1.0), its stage outputs, as smof does: on the bench ResNet-20 at 0.5 FLOPs (8 epochs, seeds
@@ -79,12 +84,13 @@ from smof_onnx.passes.graph import to_graph, to_model
 
 from ..batching import fixed_batch
 from ..data import as_calibration
-from ..errors import DataError, SmofError, UsageError
+from ..errors import DataError, UsageError, VerificationError
 from ..features import collect
 from . import FEATURE_DISTILL, CompressConfig, MethodResult
-from .qr_alloc import LayerFlops, allocate
+from .qr_alloc import LayerFlops, allocate, modelled_flops
+from .qr_recon import reconstruct
 from .qr_select import consumer_gram, ls_curve, pivoted_order
-from .qr_units import Unit, find_units
+from .qr_units import Unit, find_units, masked
 
 __all__ = ["QRConfig", "MethodResult", "run", "finetune"]
 
@@ -106,6 +112,11 @@ class QRConfig:
     activation_mb: int = 256         # fetched activations per batch; caps batch_size for large inputs
     finetune_epochs: int = 0
     feature_distill: float = FEATURE_DISTILL  # fine-tune's stage-output loss weight (0: outputs only); README Methods
+    lr: float | None = None          # fine-tune learning rate (None: the trainer's default)
+    train_threads: int | None = None  # PyTorch threads of the fine-tune (None: PyTorch's default)
+    val_split: float = 0.0           # held out of selection / fine-tune to measure ``quality`` (0: none)
+    progress_bars: bool = True
+    allow_miss: bool = False         # False: a cut model over the target is a VerificationError
 
     def __post_init__(self):
         if not 0 < self.target_flops <= 1:
@@ -118,20 +129,23 @@ class QRConfig:
             raise UsageError(f"qr: channel_multiple must be >= 1, got {self.channel_multiple}")
         if not self.feature_distill >= 0:
             raise UsageError(f"qr: feature_distill must be >= 0, got {self.feature_distill}")
+        if not 0 <= self.val_split < 1:
+            raise UsageError(f"qr: val_split must be in [0, 1), got {self.val_split}")
         if self.max_positions < 1 or self.batch_size < 1 or self.ridge < 0 or not 0 <= self.min_keep <= 1:
             raise UsageError("qr: max_positions and batch_size must be >= 1, ridge >= 0, min_keep in [0, 1]")
 
     @classmethod
     def from_compress(cls, config: CompressConfig) -> "QRConfig":
-        """The QR settings of a registry :class:`CompressConfig` (what ``smof-onnx compress`` passes)."""
-        if config.target_latency is not None:
-            raise UsageError("--target-latency is not supported by --method qr; use --target-flops")
-        if not config.channel:
-            raise UsageError("--method qr prunes channels only; --no-channel leaves it nothing to do")
+        """The QR settings of a registry :class:`CompressConfig` (what ``smof-onnx compress`` passes;
+        the options qr cannot use were refused by :func:`smof_onnx.methods.check_options`).
+
+        A miss is allowed here: ``compress`` checks the cut model against the target itself (and
+        honours ``--allow-miss``), quoting ``settings["miss_reason"]``."""
         distill = cls.feature_distill if config.feature_distill is None else config.feature_distill
         return cls(target_flops=config.target_flops, batch_size=config.batch_size, seed=config.seed,
                    finetune_epochs=config.finetune_epochs or 0, channel_multiple=config.channel_multiple,
-                   feature_distill=distill)
+                   feature_distill=distill, lr=config.lr, train_threads=config.threads,
+                   val_split=config.val_split, progress_bars=config.progress_bars, allow_miss=True)
 
 
 def finetune(model: onnx.ModelProto, data: Mapping[str, np.ndarray], epochs: int, **kwargs) -> onnx.ModelProto:
@@ -199,39 +213,6 @@ def _batch_size(model: onnx.ModelProto, shapes, sites, config: QRConfig) -> int:
     return int(max(1, min(config.batch_size, (config.activation_mb << 20) // per_image)))
 
 
-def _set_weight(model: onnx.ModelProto, site, w: np.ndarray) -> None:
-    for i, init in enumerate(model.graph.initializer):
-        if init.name == site.weight_name:
-            shape = tuple(init.dims)
-            arr = (w.T if site.transposed_weight else w).reshape(shape).astype(np.float32)
-            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(arr, init.name))
-            return
-    raise SmofError(f"qr: weight '{site.weight_name}' of {site.node} vanished")
-
-
-def _dropped_cols(unit: Unit, member_idx: int, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    m = unit.members[member_idx]
-    keep_mask = np.zeros(unit.size, bool)
-    keep_mask[kept] = True
-    kc = [m.cols[i] for i in range(unit.size) if keep_mask[i]]
-    dc = [m.cols[i] for i in range(unit.size) if not keep_mask[i]]
-    cat = lambda xs: np.sort(np.concatenate(xs)) if xs else np.zeros(0, np.int64)  # noqa: E731
-    return cat(kc), cat(dc)
-
-
-def _masked(model: onnx.ModelProto, units: list[Unit], kept: list[np.ndarray]) -> onnx.ModelProto:
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for u, k in zip(units, kept):
-        for j, m in enumerate(u.members):
-            _, drop = _dropped_cols(u, j, k)
-            if drop.size:
-                w = m.site.weight.copy()
-                w[:, drop] = 0
-                _set_weight(out, m.site, w)
-    return out
-
-
 def _cut_flops(model: onnx.ModelProto, shapes) -> int:
     return count_cost(to_model(pipeline.cut(to_graph(model), shapes).graph), shapes).flops
 
@@ -241,17 +222,20 @@ def run(model: onnx.ModelProto, data, config: QRConfig | CompressConfig) -> Meth
 
     ``data``: calibration inputs keyed by graph input name (or anything
     :func:`smof_onnx.data.as_calibration` takes). ``choices`` has one row per selection unit
-    (one layer, or every reader of a residual stream).
+    (one layer, or every reader of a residual stream). With ``val_split > 0`` that fraction of
+    the samples is held out of selection, reconstruction and fine-tune, and ``quality`` compares
+    the result with the original on it (needs PyTorch, as l2 and smof do). A cut model over the
+    target is a :class:`VerificationError` naming what limited it, unless ``allow_miss`` (then
+    ``settings["target_met"]`` is False and ``settings["miss_reason"]`` says why).
     """
-    from .qr_recon import reconstruct
-
     t0 = time.perf_counter()
     if not isinstance(config, QRConfig):
         config = QRConfig.from_compress(config)
     calib = as_calibration(data, model)
     if calib is None:
         raise UsageError("--method qr needs calibration data (--data): it fits each layer to its own outputs")
-    data = dict(calib.inputs)
+    train_set, val_set = calib.split(config.val_split, config.seed) if config.val_split > 0 else (calib, None)
+    data = dict(train_set.inputs)
     shapes = _input_shapes(model, data)
     canon = to_model(pipeline.canonicalize(to_graph(model), shapes).graph)
     for i, node in enumerate(canon.graph.node):  # units and FLOPs rows are matched by node name
@@ -299,26 +283,32 @@ def run(model: onnx.ModelProto, data, config: QRConfig | CompressConfig) -> Meth
         keep, _ = allocate(layers, costs, [u.min_keep for u in units], budget, start=keep,
                            multiple=config.channel_multiple)
         kept = [orders[i][:int(k)] for i, k in enumerate(keep)]
-        cut_flops = _cut_flops(_masked(canon, units, kept), shapes)
+        cut_flops = _cut_flops(masked(canon, units, kept), shapes)
         if cut_flops <= target or (before is not None and np.array_equal(before, keep)):
             break  # met, or every unit is at its floor
         # the model missed a saving (e.g. a layer the cut could not shrink): ask for that much more
         budget = budget * target / cut_flops * 0.999
     t_alloc = time.perf_counter()
+    miss = None if cut_flops <= target else _miss_reason(canon, layers, units, base_flops, cut_flops, config,
+                                                         analysis, skipped)
+    if miss is not None and not config.allow_miss:
+        raise VerificationError(miss + "; nothing was written")
 
     kept = [np.sort(orders[i][:int(k)]) for i, k in enumerate(keep)]
     pruned, recon = reconstruct(canon, data, units, kept, stats, site_ids, config)
     t_end = time.perf_counter()
     if config.finetune_epochs > 0:
         # Distil from the unpruned model: the pruned one as its own teacher would give zero loss.
-        pruned = finetune(pruned, data, config.finetune_epochs, teacher=canon,
-                          feature_distill=config.feature_distill)
+        pruned = finetune(pruned, train_set, config.finetune_epochs, teacher=canon,
+                          feature_distill=config.feature_distill, lr=config.lr, batch_size=config.batch_size,
+                          seed=config.seed, threads=config.train_threads, progress_bars=config.progress_bars)
+    quality, quality_note = _quality(canon, pruned, val_set, config)
 
     choices = []
     for u, k, res, cost in zip(units, keep, curves, costs):
         choices.append({"name": u.name, "group": u.group, "kept": int(k), "total": u.size,
                         "residual_stream": u.residual, "members": [m.site.node for m in u.members],
-                        "producers": u.producers,
+                        "producers": u.producers, "depthwise": u.passthrough,
                         "residual_at_kept": round(float(res[int(k)]), 6),
                         "residual_curve": [round(float(res[int(round(f * u.size))]), 4)
                                            for f in (0.25, 0.5, 0.75)],
@@ -327,9 +317,59 @@ def run(model: onnx.ModelProto, data, config: QRConfig | CompressConfig) -> Meth
     settings = {**dataclasses.asdict(config), "method": "qr",
                 "flops_before": int(base_flops), "flops_after": int(cut_flops),
                 "flops_ratio": cut_flops / base_flops if base_flops else 1.0,
-                "target_met": bool(cut_flops <= target), "allocation_rounds": attempts,
+                "target_met": miss is None, "allocation_rounds": attempts,
                 "units": len(units), "skipped": skipped,
+                "train_samples": len(train_set), "val_samples": 0 if val_set is None else len(val_set),
                 "seconds": {"collect": round(t_collect - t0, 2), "select": round(t_select - t_collect, 2),
                             "allocate": round(t_alloc - t_select, 2), "reconstruct": round(t_end - t_alloc, 2),
                             "total": round(time.perf_counter() - t0, 2)}}
-    return MethodResult(pruned, settings, choices)
+    if miss is not None:
+        settings["miss_reason"] = miss
+    if quality_note:
+        settings["quality_note"] = quality_note
+    return MethodResult(pruned, settings, choices, quality)
+
+
+def _quality(original: onnx.ModelProto, pruned: onnx.ModelProto, val_set, config: QRConfig):
+    """(quality on the held-out split as l2 / smof report it, or None; a note when it was not measured)."""
+    if val_set is None:
+        return None, None
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return None, "quality on the held-out split needs PyTorch (pip install 'smof-onnx[torch]')"
+    from ..learn import train
+    from ..learn.executor import OnnxModule
+
+    with train.torch_threads(config.train_threads):
+        before = train.predict(OnnxModule(original).eval(), val_set, config.batch_size)
+        after = train.predict(OnnxModule(pruned).eval(), val_set, config.batch_size)
+        return train.evaluate(before, after, val_set.labels, "val"), None
+
+
+def _miss_reason(canon: onnx.ModelProto, layers: list[LayerFlops], units: list[Unit], base_flops: float,
+                 cut_flops: float, config: QRConfig, analysis, skipped: list[dict]) -> str:
+    """Why the target was missed: the FLOPs of layers no unit touches, by the reason their channel
+    groups were skipped (largest first), and the floor of every unit at its ``min_keep``."""
+    sizes = np.array([u.size for u in units], np.float64)
+    floor = modelled_flops(layers, np.array([u.min_keep for u in units], np.float64), sizes) if units else base_flops
+    group_of = {t: g.id for g in analysis.groups for t in g.tensors}
+    reason_of = {s["group"]: s["reason"] for s in skipped}
+    nodes = {n.name: n for n in canon.graph.node}
+    by_reason: dict[str, float] = {}
+    fixed = 0.0
+    for lay in layers:
+        if lay.in_unit is not None or lay.out_unit is not None or not lay.flops:
+            continue
+        fixed += lay.flops
+        node = nodes.get(lay.name)
+        tensors = [node.output[0], node.input[0]] if node is not None else []
+        reason = next((reason_of[group_of[t]] for t in tensors if group_of.get(t) in reason_of),
+                      "its channels are in no selectable group")
+        by_reason[reason] = by_reason.get(reason, 0.0) + lay.flops
+    top = sorted(by_reason.items(), key=lambda kv: -kv[1])[:3]
+    held = "; ".join(f"{flops / base_flops:.0%}: {r}" for r, flops in top)
+    return (f"qr cannot reach {config.target_flops:g} of the FLOPs (the cut keeps {cut_flops / base_flops:.3f}): "
+            f"{fixed / base_flops:.0%} of the FLOPs are in layers whose input and output channels qr cannot "
+            f"select ({held or 'none'}), and every selectable group keeps at least {config.min_keep:.0%} of its "
+            f"channels (floor {floor / base_flops:.3f}); see `smof-onnx inspect` for what is frozen and why")

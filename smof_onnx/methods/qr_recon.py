@@ -17,6 +17,7 @@ import onnx
 
 from ..features import collect
 from .qr_select import least_squares
+from .qr_units import member_cols, set_weight
 
 __all__ = ["reconstruct"]
 
@@ -45,8 +46,6 @@ def _truncated(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
 
 def reconstruct(model: onnx.ModelProto, data: Mapping[str, np.ndarray], units, kept, stats, site_ids,
                 config) -> tuple[onnx.ModelProto, dict]:
-    from .qr import _set_weight
-
     out = onnx.ModelProto()
     out.CopyFrom(model)
     errs: dict[str, float] = {}
@@ -55,7 +54,7 @@ def reconstruct(model: onnx.ModelProto, data: Mapping[str, np.ndarray], units, k
         for u, k in todo:
             _refit(u, k, lambda m: stats[m.site.node].xtx,
                    lambda m: stats[m.site.node].xtx @ m.site.weight.T, None, config.ridge,
-                   lambda site, w: _set_weight(out, site, w), errs)
+                   lambda site, w: set_weight(out, site, w), errs)
         return out, errs
     order = {n.name: i for i, n in enumerate(model.graph.node)}
     todo.sort(key=lambda uk: min(order[m.site.node] for m in uk[0].members))
@@ -78,17 +77,15 @@ def reconstruct(model: onnx.ModelProto, data: Mapping[str, np.ndarray], units, k
                       threads=config.threads)
         for u, k in wave:
             _refit(u, k, lambda m: now[m.site.node].xtx, lambda m: now[m.site.node].xty,
-                   lambda m: targets[m.site.node], config.ridge, lambda site, w: _set_weight(out, site, w), errs)
+                   lambda m: targets[m.site.node], config.ridge, lambda site, w: set_weight(out, site, w), errs)
     return out, errs
 
 
 def _refit(unit, kept, xtx_of, xty_of, target_of, ridge, set_weight, errs) -> None:
     """Least squares per member; records the unit's mean relative output error on the samples."""
-    from .qr import _dropped_cols
-
     rel = []
     for j, m in enumerate(unit.members):
-        keep_cols, _ = _dropped_cols(unit, j, kept)
+        keep_cols, _ = member_cols(unit, j, kept)
         xtx, xty = xtx_of(m), xty_of(m)
         v = least_squares(xtx, xty, keep_cols, ridge)
         w = np.zeros_like(m.site.weight)

@@ -1,13 +1,15 @@
 """``--method smof``: learned kernel-size + channel pruning (SMOF, design 4).
 
-1. :func:`smof_onnx.learn.select.prepare`: canonical form, channel analysis, gates, budget.
+1. :func:`smof_onnx.selection.select.prepare`: canonical form, channel analysis, gates, budget.
 2. The calibration data is validated against the model (before any training) and split
-   (``val_split`` held out, seeded).
-3. :func:`smof_onnx.learn.train.search` learns per-gate scores (importance / cost) while the
+   (``val_split`` held out, seeded); the batch is the largest of at most ``batch_size`` whose
+   estimated peak memory fits ``max_memory`` (:mod:`smof_onnx.learn.memory`, checked while
+   training too; the report's ``settings.memory``).
+3. :func:`smof_onnx.learn.search.search` learns per-gate scores (importance / cost) while the
    weights train under a decreasing FLOPs budget, with distillation from the original model.
-4. :func:`smof_onnx.learn.select.select`: binarize, trim / restore by score until the *cut*
+4. :func:`smof_onnx.selection.select.select`: binarize, trim / restore by score until the *cut*
    model's counted FLOPs meet the target.
-5. :func:`smof_onnx.learn.train.finetune` with the masks fixed, then the zeroed canonical graph
+5. :func:`smof_onnx.learn.finetune.finetune` with the masks fixed, then the zeroed canonical graph
    (:meth:`GateSpace.apply` on :meth:`OnnxModule.state_to_onnx`) is returned with the settings,
    the per-layer choices and the quality on the held-out split.
 With ``target_latency``, the per-layer ONNX Runtime table of the canonical model is measured
@@ -44,11 +46,12 @@ def run(model: onnx.ModelProto, data, config: CompressConfig) -> MethodResult:
     except ImportError:
         raise UsageError("--method smof needs PyTorch (pip install 'smof-onnx[torch]'); "
                          "--method l2 runs without it") from None
-    from ..learn import train
+    from ..learn import batches, losses, quality, search, settings as train_settings
     from ..learn.executor import OnnxModule
-    from ..learn.select import prepare, select
+    from ..learn.finetune import attach_batchnorm, check_trainable, finetune, memory_plan
+    from ..selection.select import prepare, select
 
-    train.check_trainable(model)
+    check_trainable(model)
 
     start = time.perf_counter()
     problem = prepare(model, config.input_shapes, kernel=config.kernel, channel=config.channel,
@@ -63,34 +66,42 @@ def run(model: onnx.ModelProto, data, config: CompressConfig) -> MethodResult:
     calib = as_calibration(calib, problem.model, config.input_shapes)
     train_set, val_set = calib.split(config.val_split, config.seed)
     batching = free_batch(problem.model, train_set.inputs)  # most exports fix the batch at 1
-    settings = train.batched(train.make_settings(
+    settings = train_settings.batched(train_settings.make_settings(
         dataclasses.replace(config, batch_size=batching.batch_size(config.batch_size)), len(train_set)), batching)
+    planned, plan, guard = memory_plan(batching.model, train_set, settings, config.max_memory)
+    if planned.batch_size != settings.batch_size and config.epochs is None and config.finetune_epochs is None:
+        # the automatic schedule counts optimiser steps: a smaller batch keeps the steps, not the passes
+        planned = dataclasses.replace(train_settings.make_settings(
+            dataclasses.replace(config, batch_size=planned.batch_size), len(train_set)), mix=planned.mix,
+            whole_batches=planned.whole_batches)
+    settings = planned
 
-    with torch.random.fork_rng(devices=[]), train.torch_threads(config.threads):
+    with torch.random.fork_rng(devices=[]), train_settings.torch_threads(config.threads):
         torch.manual_seed(config.seed)
         teacher_module = OnnxModule(batching.model).eval()
-        teacher = train.teacher_outputs(teacher_module, train_set, settings.batch_size)
-        train.check_labels(calib.labels, teacher)
+        teacher = batches.teacher_outputs(teacher_module, train_set, settings.batch_size)
+        losses.check_labels(calib.labels, teacher)
         student = OnnxModule(batching.model).eval()
-        taps = train.attach_feature_taps(student, teacher_module, problem.model, settings)
-        bn = train.attach_batchnorm(student, train_set, settings)
-        scores = train.search(problem, student, train_set, teacher, config.target_flops, settings, teacher_module,
-                              latency=latency, latency_target=config.target_latency)
+        taps = losses.attach_feature_taps(student, teacher_module, problem.model, settings)
+        bn = attach_batchnorm(student, train_set, settings)
+        scores = search.search(problem, student, train_set, teacher, config.target_flops, settings, teacher_module,
+                               latency=latency, latency_target=config.target_latency, guard=guard)
         h, ratios = select(problem, scores, config.target_flops, extra=extra)
         corrections = None
         if latency is not None:
             correction = correct_by_measurement(problem, latency, scores, h, ratios, config, select)
             h, ratios, corrections = correction.h, correction.ratios, correction.rounds
-        train.finetune(problem, student, train_set, teacher, h, settings, teacher_module, bn)
+        finetune(problem, student, train_set, teacher, h, settings, teacher_module, bn, guard)
         teacher_module.set_taps(())
         trained = student.state_to_onnx(problem.model)
         zeroed = problem.space.apply(trained, h)
-        quality = None
+        report_quality = None
         if val_set is not None:
             final = OnnxModule(zeroed).eval()
-            before = train.predict(teacher_module, val_set, settings.batch_size)
-            after = train.predict(final, val_set, settings.batch_size)
-            quality = train.evaluate(before, after, val_set.labels, "val")
+            before = batches.predict(teacher_module, val_set, settings.batch_size)
+            after = batches.predict(final, val_set, settings.batch_size)
+            report_quality = quality.evaluate(before, after, val_set.labels, "val",
+                                              [o.name for o in problem.model.graph.output])
 
     settings_out = {**config.settings(), "search_epochs": settings.search_epochs,
                     "finetune_epochs": settings.finetune_epochs, "lr": settings.lr,
@@ -99,10 +110,11 @@ def run(model: onnx.ModelProto, data, config: CompressConfig) -> MethodResult:
                     "flops_ratio_estimated": ratios["estimated"], "flops_ratio_cut": ratios["cut"],
                     "channel_cost": settings.channel_cost, "feature_distill": settings.feature_weight,
                     "feature_taps": taps}
+    settings_out["memory"] = {**plan.report(), **guard.report()}
     if batching.report() is not None:
         settings_out["batching"] = batching.report()
     if latency is not None:
         settings_out["latency"] = latency_report(problem, latency, zeroed, h, config)
         settings_out["latency"]["selection_rounds"] = corrections
     settings_out["seconds"] = round(time.perf_counter() - start, 2)
-    return MethodResult(zeroed, settings_out, problem.space.choices(problem.model, h), quality)
+    return MethodResult(zeroed, settings_out, problem.space.choices(problem.model, h), report_quality)
