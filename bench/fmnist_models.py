@@ -11,6 +11,8 @@ Architectures (the zoo's, adapted to 1x28x28 input without editing the zoo):
   three max pools 28 -> 14 -> 7 -> 3, Linear(576, 64), ReLU, Dropout, Linear(64, 10)).
 - ``mobilenet_v2``: ``models.zoo_nets.mobilenet_v2()`` with its stem conv taking one channel
   instead of three (inverted residuals with depthwise 3x3, ReLU6, 1x1 head to 128).
+- ``resnet56``: ``models.zoo_nets.ResNet(BasicBlock, (9, 9, 9), (16, 32, 64), in_ch=1)``: the
+  ResNet-20 layout with nine basic blocks per stage (27 residual blocks), where depth pruning pays.
 
 Recipe (``models/train_fmnist.py``'s, so the ResNet here matches the embedded default's):
 SGD with Nesterov momentum 0.9, weight decay 5e-4 on weights only, batch 128, one-cycle
@@ -48,9 +50,9 @@ import onnx  # noqa: E402
 from models import fashion_mnist  # noqa: E402
 from models.cache import cache_root  # noqa: E402
 
-KINDS = ("resnet20", "vgg", "mobilenet_v2")
-EPOCHS = {"resnet20": 3, "vgg": 4, "mobilenet_v2": 4}
-MAX_LR = {"resnet20": 0.2, "vgg": 0.05, "mobilenet_v2": 0.1}
+KINDS = ("resnet20", "vgg", "mobilenet_v2", "resnet56")
+EPOCHS = {"resnet20": 3, "vgg": 4, "mobilenet_v2": 4, "resnet56": 3}
+MAX_LR = {"resnet20": 0.2, "vgg": 0.05, "mobilenet_v2": 0.1, "resnet56": 0.2}
 INPUT, OUTPUT = "input", "output"
 INPUT_SHAPE = (1, 1, 28, 28)
 RECIPE_VERSION = 1  # bump when the recipe below changes, so cached weights are retrained
@@ -84,6 +86,11 @@ def build(kind: str, seed: int = 0):
         raise KeyError(f"unknown benchmark model {kind!r}; known: {', '.join(KINDS)}")
     if kind == "resnet20":
         return train_fmnist.build_model(seed)
+    if kind == "resnet56":
+        from models.zoo_nets import BasicBlock, ResNet
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return ResNet(BasicBlock, (9, 9, 9), (16, 32, 64), in_ch=1)  # fresh BN: identity at start
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if kind == "vgg":

@@ -8,7 +8,8 @@ Case ``i`` is ``tests.graphgen.from_seed(start + i)``; each is cut by
 Prints a progress line every ``--every`` cases and a summary at the end: how many cases ran,
 how many failed (wrong or invalid cut, crash) and how many fell short of the oracle. Each
 failing case is saved as ``<out>/<kind>-<seed>.onnx`` with ``<kind>-<seed>.txt`` (seed, the
-message, the generator's description); replay one with ``--start SEED --cases 1``.
+message, the generator's description); replay one with ``--start SEED --cases 1`` (same generator) or re-check the saved
+files with ``--replay bench/out/fuzz/*.onnx`` (after the generator changed).
 ``--oracle-every N`` runs the oracle (about 2/3 of a case's time) on every Nth case only.
 Exit status: 0 when every case passed, 1 otherwise. Run from the repository root.
 """
@@ -38,7 +39,11 @@ def main(argv=None) -> int:
     ap.add_argument("--every", type=int, default=500, help="progress line every N cases")
     ap.add_argument("--oracle-every", type=int, default=1,
                     help="run the oracle's best-cut check on every Nth case (0: never); exactness runs on all")
+    ap.add_argument("--replay", nargs="+", metavar="ONNX",
+                    help="re-check saved failing cases (their .onnx files) with the current code instead")
     args = ap.parse_args(argv)
+    if args.replay:
+        return replay(args.replay)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     counts = {"ok": 0, "wrong": 0, "not_best": 0, "generator": 0}
@@ -75,6 +80,27 @@ def main(argv=None) -> int:
           f"{counts['not_best']} not the best cut (oracle ran on {oracle_checked}), "
           f"{counts['generator']} generator errors", flush=True)
     return 0 if ran == counts["ok"] else 1
+
+
+def replay(paths) -> int:
+    """Re-check saved cases (the generator may have changed since their seeds were drawn)."""
+    failed = 0
+    for p in paths:
+        model = onnx.load(p)
+        dims = model.graph.input[0].type.tensor_type.shape.dim
+        free = not dims[0].HasField("dim_value")
+        shape = [2 if free else dims[0].dim_value] + [d.dim_value for d in dims[1:]]
+        named = any(n.name for n in model.graph.node)
+        case = graphgen.Case(model, {model.graph.input[0].name: shape}, free, named, ["replay"])
+        try:
+            _, bad = check_case(case)
+            verdict = "not_best: " + bad[0] if bad else "ok"
+        except Exception as exc:  # noqa: BLE001
+            verdict = f"wrong: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        failed += verdict != "ok"
+        print(f"{p}: {verdict}", flush=True)
+    print(f"replayed {len(paths)} cases: {len(paths) - failed} pass now, {failed} still fail")
+    return 0 if failed == 0 else 1
 
 
 if __name__ == "__main__":

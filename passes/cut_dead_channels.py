@@ -23,10 +23,11 @@ reader of such a channel folds its contribution into its bias (the ``fold`` half
 rule: 1x1 / unpadded Conv into B, Gemm into C, MatMul through a new ``Add`` after it);
 then removing the channel removes exactly that term. The analysis keeps a slot whose
 constant a live reader cannot fold (a padded Conv, a ConvTranspose, a broadcast read),
-and this pass lists it under ``refused`` with the value, the op that made it and the reader.
+and this pass lists it under ``constants_kept`` with the value, the op that made it and the reader.
 
 stats: ``removed`` [{tensor, before, after}], ``slots_removed``, ``frozen`` [{where, reason}],
-``folded`` [{node, added}] (Add nodes inserted after a MatMul), ``refused`` [{where, reason}].
+``folded`` [{node, added}] (Add nodes inserted after a MatMul), ``constants_kept`` [{where, reason}]
+(not freezes: ``where`` is the reader that cannot fold the constant).
 """
 from __future__ import annotations
 
@@ -119,7 +120,7 @@ class CutDeadChannels(Pass):
         refused = self._constants_kept(a)
         if not removed.any():
             return PassResult(graph, False, {"removed": [], "slots_removed": 0, "frozen": frozen, "folded": [],
-                                             "refused": refused})
+                                             "constants_kept": refused})
         ctx = _CutCtx(graph, a, removed, self)
         touched = {sp.tensor for sp in a.spaces.values() if removed[sp.base:sp.base + sp.size].any()}
         for node in list(graph.nodes):
@@ -143,7 +144,7 @@ class CutDeadChannels(Pass):
                 t.shape = shape
         n_slots = int(np.unique(a.label[removed]).size)
         return PassResult(graph, True, {"removed": report, "slots_removed": n_slots, "frozen": frozen,
-                                        "folded": ctx.folds, "refused": refused})
+                                        "folded": ctx.folds, "constants_kept": refused})
 
     @staticmethod
     def _constants_kept(a: ChannelAnalysis) -> list[dict[str, str]]:

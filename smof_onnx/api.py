@@ -93,15 +93,22 @@ def _input_names(model: onnx.ModelProto) -> list[str]:
     return [i.name for i in model.graph.input if i.name not in inits]
 
 
-def _calibration(data: Any, model: onnx.ModelProto, shapes: dict[str, list[int]] | None = None) -> Any:
-    """None, a dict of arrays, an object with ``.inputs``, or a path read by ``smof_onnx.data``."""
-    if data is None or isinstance(data, Mapping) or hasattr(data, "inputs"):
-        return data
-    if isinstance(data, (str, os.PathLike)):
-        from .data import load_data
+def _calibration(data: Any, model: onnx.ModelProto, shapes: dict[str, list[int]] | None = None,
+                 options: Any = None) -> Any:
+    """None, a dict of arrays, an object with ``.inputs``, or a path read by ``smof_onnx.data``;
+    ``options``: :class:`smof_onnx.data.DataOptions` (or a dict of its fields), checked first."""
+    from .data import as_calibration, data_options, load_data
 
+    opts = data_options(options)
+    if data is None:
+        if opts.image_options() or opts.max_samples is not None:
+            raise UsageError("data options (--image-size, --mean, --std, --max-samples, ...) need --data")
+        return None
+    if isinstance(data, Mapping) or hasattr(data, "inputs"):
+        return data if options is None else as_calibration(data, model, shapes, opts)
+    if isinstance(data, (str, os.PathLike)):
         with checks.reading(f"--data {data}", DataError):
-            return load_data(data, model, shapes)
+            return load_data(data, model, shapes, opts)
     if isinstance(data, np.ndarray):
         names = _input_names(model)
         if len(names) != 1:
@@ -184,14 +191,15 @@ def _concrete(model: onnx.ModelProto, shapes: dict[str, list[int]] | None) -> di
 
 def cut(model: Any, output: Any = None, input_shapes: ShapesLike = None, data: Any = None,
         report_path: Any = None, *, config: CutConfig = CutConfig(),
-        progress: Progress | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
+        progress: Progress | None = None, data_options: Any = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """Cut the zeros out of ``model`` exactly; returns (cut model, report).
 
     ``data`` (path, dict of arrays or CalibrationData) adds its first batches to the gate's
-    random inputs. ``output`` / ``report_path`` are written only when the gate passes; a
+    random inputs (``data_options``: :class:`smof_onnx.data.DataOptions`, how it is read).
+    ``output`` / ``report_path`` are written only when the gate passes; a
     failed gate raises :class:`VerificationError` and writes nothing.
     """
-    src, m, shapes, calib = _prepare(model, output, report_path, input_shapes, data)
+    src, m, shapes, calib = _prepare(model, output, report_path, input_shapes, data, data_options)
     return cut_and_verify(m, m, output=output, input_shapes=shapes, data=calib, report_path=report_path,
                           config=config, progress=progress, extra={"model": str(src) if src else None})
 
@@ -239,7 +247,7 @@ def cut_and_verify(original: onnx.ModelProto, start: onnx.ModelProto, *, output:
 
 
 def _prepare(model: Any, output: Any, report_path: Any, input_shapes: ShapesLike,
-             data: Any) -> tuple[Path | None, onnx.ModelProto, dict[str, list[int]] | None, Any]:
+             data: Any, data_options: Any = None) -> tuple[Path | None, onnx.ModelProto, dict[str, list[int]] | None, Any]:
     """What ``cut`` and ``compress`` check before any work (module docstring); returns
     (path, model, shapes, calibration data)."""
     name = Path(model).name if isinstance(model, (str, os.PathLike)) else "model.onnx"
@@ -248,7 +256,7 @@ def _prepare(model: Any, output: Any, report_path: Any, input_shapes: ShapesLike
     checks.refuse_non_finite(m, str(src) if src else None)
     shapes = resolve_shapes(m, input_shapes)
     checks.check_memory(m, _concrete(m, shapes), what="--input-shape" if shapes else "the model's input shape")
-    calib = _calibration(data, m, shapes)
+    calib = _calibration(data, m, shapes, data_options)
     return src, m, shapes, calib
 
 
@@ -286,7 +294,8 @@ def _check_target(report: dict, target: float, allow_miss: bool) -> None:
 
 def compress(model: Any, output: Any = None, *, data: Any = None, target_flops: float = 0.5, method: str = "smof",
              input_shapes: ShapesLike = None, report_path: Any = None, seed: int = 0,
-             progress: Progress | None = None, allow_miss: bool = False, **method_options: Any) -> tuple[onnx.ModelProto, dict[str, Any]]:
+             progress: Progress | None = None, allow_miss: bool = False, data_options: Any = None,
+             **method_options: Any) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """Decide what to zero with ``method`` (``smof_onnx.methods.METHODS``), then cut, verify, write.
 
     The method is called as ``METHODS[method](model, data=..., target_flops=..., input_shapes=...,
@@ -295,10 +304,12 @@ def compress(model: Any, output: Any = None, *, data: Any = None, target_flops: 
     ``quality`` (dict) and ``settings`` (dict). The gate compares the cut model with the
     zeroed one (the cut is exact); FLOPs before are the input model's. A cut that misses the
     target raises :class:`VerificationError` (nothing written) unless ``allow_miss``.
+    ``data_options`` (:class:`smof_onnx.data.DataOptions` or a dict of its fields: image
+    preprocessing, ``max_samples``, ``workers``) says how ``data`` is read.
     """
     if not (0 < float(target_flops) <= 1):
         raise UsageError(f"--target-flops {target_flops}: the fraction of FLOPs to keep must be in (0, 1]")
-    src, m, shapes, calib = _prepare(model, output, report_path, input_shapes, data)
+    src, m, shapes, calib = _prepare(model, output, report_path, input_shapes, data, data_options)
     if count_cost(m, _concrete(m, shapes)).flops <= 0:
         raise UsageError("nothing to compress: the model has no Conv, ConvTranspose, Gemm or MatMul FLOPs, so "
                          "there is no FLOPs target to meet (see `smof-onnx inspect` for what the model holds)")

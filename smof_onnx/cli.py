@@ -30,7 +30,9 @@ from .errors import exit_code
 
 _METHOD_OPTIONS = ("epochs", "finetune_epochs", "lr", "batch_size", "val_split", "kernel", "channel",
                    "channel_multiple", "target_latency", "bench_batch", "threads", "feature_distill",
-                   "max_memory")
+                   "max_memory", "device", "amp")
+_DATA_OPTIONS = ("image_size", "mean", "std", "channel_order", "layout", "labels_from_folders", "max_samples",
+                 "workers")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -109,6 +111,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help="1x3x224x224 for a one-input model, or NAME=1x3x224x224 (repeatable); needed only "
                             "where the model's input dims are symbolic")
 
+    data = argparse.ArgumentParser(add_help=False)
+    d = data.add_argument_group("data options (how --data is read; smof_onnx.data.DataOptions)")
+    d.add_argument("--image-size", metavar="H,W", help="resize images to H,W (default: the model's input size)")
+    d.add_argument("--mean", metavar="M", help="per-channel mean subtracted from pixels in [0, 1], e.g. "
+                   "0.485,0.456,0.406 (one value, or one per channel)")
+    d.add_argument("--std", metavar="S", help="per-channel std dividing pixels in [0, 1], e.g. 0.229,0.224,0.225")
+    d.add_argument("--channel-order", choices=["RGB", "BGR"], type=str.upper, help="image channel order (default RGB)")
+    d.add_argument("--layout", choices=["NCHW", "NHWC"], type=str.upper,
+                   help="input layout (default NCHW unless only the last axis looks like channels)")
+    d.add_argument("--labels-from-folders", action="store_const", const=True,
+                   help="a folder of class sub-folders: labels 0..K-1 in sorted folder order")
+    d.add_argument("--max-samples", type=int, metavar="N", help="use a seeded random subset of at most N samples")
+    d.add_argument("--workers", type=int, metavar="N", help="DataLoader worker processes decoding batches while "
+                   "training (default 0: in the main process)")
+
     parser = argparse.ArgumentParser(
         prog="smof-onnx", description="Cut kernel borders and channels out of CNNs in ONNX, exactly.")
     parser.add_argument("--version", action="version", version=f"smof-onnx {__version__}")
@@ -120,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.set_defaults(handler=_inspect)
 
-    p = sub.add_parser("cut", parents=[common, shape],
+    p = sub.add_parser("cut", parents=[common, shape, data],
                        help="remove zero kernel borders / channels / branches, verified, written atomically")
     p.add_argument("model", metavar="MODEL")
     p.add_argument("-o", "--output", required=True, metavar="OUT")
@@ -128,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="D", help="calibration data (.npz / .npy / image folder) also used by the gate")
     p.set_defaults(handler=_cut)
 
-    p = sub.add_parser("compress", parents=[common, shape], help="learn what to zero, then cut, verify and write")
+    p = sub.add_parser("compress", parents=[common, shape, data], help="learn what to zero, then cut, verify and write")
     p.add_argument("model", metavar="MODEL")
     p.add_argument("-o", "--output", required=True, metavar="OUT")
     p.add_argument("--data", metavar="D", help="calibration data: .npz, .npy or a folder of images")
@@ -157,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--feature-distill", type=float, metavar="W",
                    help="smof, and the fine-tune of l2 / qr: weight of matching each stage's output to the original's "
                    "(default 1.0, 0 turns it off)")
+    m.add_argument("--device", metavar="D", help="where PyTorch trains: auto (CUDA when available, the default), "
+                   "cpu, cuda or cuda:N")
+    m.add_argument("--amp", action="store_const", const=True,
+                   help="mixed precision on CUDA (bfloat16 where supported, else float16; float32 master weights)")
     p.set_defaults(handler=_compress)
 
     p = sub.add_parser("bench", parents=[common, shape], help="ONNX Runtime latency of one model, or two side by side")
@@ -204,7 +225,7 @@ def _cut(args) -> int:
 
     with _Stages(3) as progress:
         _, rep = api.cut(args.model, args.output, args.input_shape or None, data=args.data,
-                         report_path=args.report, progress=progress)
+                         report_path=args.report, progress=progress, data_options=_data_options(args))
     print(report.format_table(rep))
     _err(f"wrote {args.output}" + (f" and {args.report}" if args.report else ""))
     return 0
@@ -219,13 +240,28 @@ def _compress(args) -> int:
     with _Stages(4) as progress:
         _, rep = api.compress(args.model, args.output, data=args.data, target_flops=args.target_flops,
                               method=args.method, input_shapes=args.input_shape or None, report_path=args.report,
-                              seed=args.seed, progress=progress, allow_miss=args.allow_miss, **options)
+                              seed=args.seed, progress=progress, allow_miss=args.allow_miss,
+                              data_options=_data_options(args), **options)
+    from .learn.distributed import is_worker
+
+    if is_worker():  # a torchrun rank other than 0 trained its shard; rank 0 writes and reports
+        return 0
     print(report.format_table(rep))
     _err(f"wrote {args.output}" + (f" and {args.report}" if args.report else ""))
     if rep.get("target_met") is False:
         _err(f"warning: the target was missed (the cut keeps {rep['flops']['ratio']:.3f} of the FLOPs, target "
              f"{args.target_flops:g}); written because of --allow-miss")
     return 0
+
+
+def _data_options(args):
+    """The data options given on the command line (None when none was)."""
+    given = {k: getattr(args, k) for k in _DATA_OPTIONS if getattr(args, k, None) is not None}
+    if not given:
+        return None
+    from .data import data_options
+
+    return data_options(**given)
 
 
 def _bench(args) -> int:

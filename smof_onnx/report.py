@@ -67,7 +67,8 @@ def build_report(before: ModelCost, after: ModelCost, *, pipeline=None, verify=N
         d = latency.to_dict()
         report["latency_ms"] = {k: d[k] for k in ("before", "after", "speedup", "threads", "batch", "self_ratio")}
     if verify is not None:
-        report["verify"] = {"max_rel_err": verify.max_rel_err, "inputs": verify.inputs, "tol": verify.tol}
+        report["verify"] = {"max_rel_err": verify.max_rel_err, "inputs": verify.inputs, "tol": verify.tol,
+                            "noise_floor": getattr(verify, "noise_floor", 0.0)}
     report["layers"] = _layers(before.layers, after.layers)
     report["frozen"] = [{"where": f["where"], "reason": f["reason"], "pass": f.get("pass")}
                         for f in (pipeline.frozen() if pipeline is not None else [])]

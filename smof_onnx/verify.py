@@ -58,11 +58,16 @@ class VerifyResult:
     inputs: int
     ok: bool
     per_output: dict[str, float]
-    tol: float = 1e-5
+    tol: float = 1e-5  # the threshold applied: max(base tolerance, NOISE_FACTOR x noise_floor)
+    noise_floor: float = 0.0  # the reference's own float32 noise (see verify_equivalent)
 
     def to_dict(self) -> dict[str, Any]:
         return {"max_rel_err": self.max_rel_err, "inputs": self.inputs, "ok": self.ok,
-                "tol": self.tol, "per_output": dict(self.per_output)}
+                "tol": self.tol, "noise_floor": self.noise_floor, "per_output": dict(self.per_output)}
+
+
+# How far above the reference's own float32 noise a candidate may be (see verify_equivalent).
+NOISE_FACTOR = 4.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,33 +135,53 @@ def verify_equivalent(reference: onnx.ModelProto, candidate: onnx.ModelProto,
 
     ``data``: a dict of arrays keyed by input name (or an object with ``.inputs``); its first
     ``n_data_batches`` batches of ``batch`` samples are used besides the random feeds.
+
+    **Noise floor.** An exact rewrite in real arithmetic is not bit-exact in float32 once it
+    changes the order of a sum: folding input-independent channels into a bias (PP-OCR rec's
+    constant channels after its scalar affines) adds their contribution before the other terms
+    instead of among them. Deep models amplify such rounding: PP-OCRv4 rec's output moves by
+    4.4e-6 relative between ONNX Runtime's optimised and unoptimised runs of the *same* model. So
+    the reference is also run with ORT's optimisations on (other kernels and fusions: another
+    summation order), its error against itself measured the same way is the model's
+    ``noise_floor``, and the threshold is ``max(tol, NOISE_FACTOR x noise_floor)``. For the zoo
+    models the floor is ~1e-7 and the threshold stays ``tol``; a real change of the maths (a
+    wrong cut) moves outputs by orders of magnitude more than either.
     """
     feeds = [random_feeds(reference, input_shapes, seed=seed + i, batch=batch) for i in range(n_random)]
     feeds += data_feeds(reference, data, batch=batch, n_batches=n_data_batches)
     args_ref, args_cand = bounded_arguments(reference), bounded_arguments(candidate)
     args = {n: (args_ref[n][0], args_cand[n][0]) for n in args_ref
             if n in args_cand and args_ref[n][1] == args_cand[n][1]}
-    with _session(_expose(reference, {n: a for n, (a, _) in args.items()}), optimize=False) as ref, \
+    exposed_ref = _expose(reference, {n: a for n, (a, _) in args.items()})
+    with _session(exposed_ref, optimize=False) as ref, _session(exposed_ref, optimize=True) as ref_opt, \
             _session(_expose(candidate, {n: b for n, (_, b) in args.items()}), optimize=False,
                      role="candidate") as cand:
         names = [o.name for o in reference.graph.output]
         fetch_ref = names + [a for a, _ in args.values()]
         fetch_cand = names + [b for _, b in args.values()]
         per_output = {n: 0.0 for n in names}
+        noise = 0.0
         floors = output_scale_floors(reference)
+
+        def err(n: str, x: dict, y: dict, y_args: bool) -> float:
+            if n in args:
+                return rel_err(x[args[n][0]], y[args[n][1] if y_args else args[n][0]])
+            return rel_err(x[n], y[n], floors.get(n, 0.0))
+
         for i, feed in enumerate(feeds):
             a = dict(zip(fetch_ref, _run(ref, fetch_ref, feed, "reference")))
+            a_opt = dict(zip(fetch_ref, _run(ref_opt, fetch_ref, feed, "reference")))
             b = dict(zip(fetch_cand, _run(cand, fetch_cand, feed, "candidate")))
             for n in names:
-                if n in args:
-                    err = rel_err(a[args[n][0]], b[args[n][1]])
-                else:
-                    err = rel_err(a[n], b[n], floors.get(n, 0.0))
-                per_output[n] = max(per_output[n], err)
+                per_output[n] = max(per_output[n], err(n, a, b, True))
+                noise = max(noise, err(n, a, a_opt, False))
             if progress:
                 progress(i + 1, len(feeds))
     worst = max(per_output.values(), default=0.0)
-    return VerifyResult(max_rel_err=worst, inputs=len(feeds), ok=bool(worst <= tol), per_output=per_output, tol=tol)
+    noise = noise if np.isfinite(noise) else 0.0
+    threshold = max(tol, NOISE_FACTOR * noise)
+    return VerifyResult(max_rel_err=worst, inputs=len(feeds), ok=bool(worst <= threshold), per_output=per_output,
+                        tol=threshold, noise_floor=noise)
 
 
 def _run(sess: ort.InferenceSession, names: list[str], feed: dict, role: str) -> list[np.ndarray]:
@@ -294,7 +319,8 @@ def data_feeds(model: onnx.ModelProto, data: Mapping[str, np.ndarray] | Any | No
     arrays = getattr(data, "inputs", data)
     types = _input_types(model)
     fixed = _fixed_batch(model)
-    arrays = {k: np.asarray(v) for k, v in arrays.items() if k in types}
+    # sliced, not read whole: a streamed input (:mod:`smof_onnx.stream`) reads only these batches
+    arrays = {k: v if hasattr(v, "shape") else np.asarray(v) for k, v in arrays.items() if k in types}
     if not arrays:
         return []
     n = min(len(v) for v in arrays.values())

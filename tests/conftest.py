@@ -19,7 +19,7 @@ from tests import cases
 # a long one on demand (SMOF_FUZZ_PROFILE=fuzz-long; bench/fuzz.py runs it without pytest).
 _FUZZ = dict(deadline=None, database=None, print_blob=True,
              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
-settings.register_profile("fuzz-fast", max_examples=120, derandomize=True, **_FUZZ)
+settings.register_profile("fuzz-fast", max_examples=200, derandomize=True, **_FUZZ)
 settings.register_profile("fuzz-long", max_examples=20000, derandomize=False, **_FUZZ)
 
 # Two shared cores: keep every library single-threaded unless a test says otherwise. The env

@@ -1,7 +1,12 @@
 """Shared test helpers: run a model under ONNX Runtime and compare outputs exactly.
 
 Every graph-pass test uses these so "exact" means the same thing everywhere:
-max |a - b| / max |a| <= 1e-5 over all outputs, float32, random inputs.
+max |a - b| / max |a| <= 1e-5 over all outputs, float32, random inputs -- or, for a model whose
+own float32 rounding is larger than that, 4x that rounding: the error between ONNX Runtime's
+optimised and unoptimised runs of the *reference* (another summation order of the same maths).
+A rewrite that folds constants into a bias reorders float sums exactly that way (PP-OCR rec:
+4.4e-6 between ORT's own two runs of the unchanged model). Computed here independently of
+``smof_onnx.verify`` (which applies the same rule in the product's gate).
 """
 from __future__ import annotations
 
@@ -14,13 +19,18 @@ import onnxruntime as ort
 REL_TOL = 1e-5
 
 
-def session(model: onnx.ModelProto, threads: int = 1) -> ort.InferenceSession:
+NOISE_FACTOR = 4.0
+
+
+def session(model: onnx.ModelProto, threads: int = 1, optimize: bool = False) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    # Graph optimisations are off so ORT runs the graph we wrote, not a rewrite of it.
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    # Graph optimisations are off so ORT runs the graph we wrote, not a rewrite of it (on only to
+    # measure the reference's own rounding noise).
+    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
@@ -62,8 +72,8 @@ def random_inputs(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]] | 
     return feeds
 
 
-def run(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    sess = session(model)
+def run(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], optimize: bool = False) -> dict[str, np.ndarray]:
+    sess = session(model, optimize=optimize)
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(names, dict(feeds))))
 
@@ -100,8 +110,12 @@ def assert_equivalent(before: onnx.ModelProto, after: onnx.ModelProto,
     worst = 0.0
     for seed in seeds:
         feeds = random_inputs(before, shapes, seed=seed)
-        err = max_rel_err(run(before, feeds), run(after, feeds), floors)
-        assert err <= tol, f"max rel err {err:.3g} > {tol} (seed {seed})"
+        reference = run(before, feeds)
+        err = max_rel_err(reference, run(after, feeds), floors)
+        if err > tol:  # only then is the reference's own rounding worth measuring
+            noise = max_rel_err(reference, run(before, feeds, optimize=True), floors)
+            assert err <= max(tol, NOISE_FACTOR * noise), \
+                f"max rel err {err:.3g} > {tol} and > {NOISE_FACTOR:g} x the model's own rounding {noise:.3g} (seed {seed})"
         worst = max(worst, err)
     return worst
 

@@ -8,7 +8,8 @@ Structure (once per model, weights do not matter): every float tensor of rank >=
 node produces (or a graph input) has one *atom* per index of axis 1. Atoms that must be
 removed together are unioned (union-find): elementwise ops (channel-wise operands),
 BN / pooling / Resize / Pad / reductions off axis 1, Concat offsets, Split / Slice ranges,
-grouped and depthwise convs (a whole group is one slot), and layout chains
+depthwise convs (in and out channel one slot), grouped convs with more than one channel per
+group (*unknown*, not coupled: a cut may drop channels inside a group and regroup), and layout chains
 (Flatten / Reshape / Transpose / Squeeze / Unsqueeze), whose channel map is computed
 numerically by pushing an array of atom ids through the ops with numpy. Conv, ConvTranspose,
 Gemm and 2-D-weight MatMul read input channels through constant weight slices and produce
@@ -387,7 +388,12 @@ class Structure:
             if g > 1:
                 cin, cout = self.spaces[ins[0]], o
                 ki, ko = cin.size // g, cout.size // g
-                for j in range(g):
+                if ki > 1 or ko > 1:
+                    # several channels per group: a cut may drop channels inside a group and
+                    # regroup (down to one group), which one slot per group cannot express
+                    for x in list(range(cin.base, cin.base + cin.size)) + list(range(cout.base, cout.base + cout.size)):
+                        self.unknown_atoms.setdefault(x, f"{node.name} (Conv): grouped, {ki} in / {ko} out per group")
+                for j in range(g if ki == 1 and ko == 1 else 0):
                     atoms = list(range(cin.base + j * ki, cin.base + (j + 1) * ki)) + \
                         list(range(cout.base + j * ko, cout.base + (j + 1) * ko))
                     for x in atoms[1:]:

@@ -22,7 +22,7 @@ from tests.helpers import assert_equivalent, random_inputs, run
 # Blocks each architecture has by construction (models/zoo_nets.py): ResNet (3,3,3) basic blocks;
 # (2,2,2) bottlenecks; MobileNetV2 stages of 2 blocks -> one residual each (3); C2f with shortcut in
 # b2, b4, b6 (the neck's C2f have none). PP-OCR: rec's four SVTR attention/MLP residuals, cls's
-# seven MobileNetV3 inverted residuals; det's seven "x + x * SE(x)" residuals (RSE-FPN) gate the
+# seven MobileNetV3 inverted residuals; det's eight "x + x * SE(x)" residuals (RSE-FPN) gate the
 # block input itself, so zeroing a producer never makes them vanish: none.
 ZOO_BLOCKS = {"resnet_basic": 9, "resnet_bottleneck": 6, "mobilenet_v2": 3, "yolo": 3}
 PPOCR_BLOCKS = {"det": 0, "rec": 4, "cls": 7}
@@ -117,13 +117,11 @@ def test_zoo_blocks_are_removed_exactly(name, exporter):
 
 @pytest.mark.parametrize("kind", sorted(PPOCR_BLOCKS))
 def test_ppocr_blocks_are_removed_exactly(kind):
-    from models import ppocr
     shapes = cases.ppocr_feed_shapes(kind)
     analysis = _check_removal(cases.load_ppocr(kind), shapes, PPOCR_BLOCKS[kind], seed=1)
     if kind == "det":
         gated = [s for s in analysis.skipped if "does not make" in s["reason"]]
-        assert len(gated) == 7, analysis.skipped
-    assert ppocr.KINDS
+        assert len(gated) == 8, analysis.skipped
 
 
 def test_a_model_without_residuals_has_no_blocks():
@@ -143,7 +141,7 @@ def _conv(name, x, y, cin, cout, rng, k=3):
 
 def _model(nodes, inits, outputs=("y",)):
     g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 8, 8])],
-                          [helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None) for o in outputs], inits)
+                          [helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, [1, 4, 8, 8]) for o in outputs], inits)
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -181,9 +179,13 @@ def test_a_branch_reading_a_second_tensor_is_skipped_with_a_reason():
     mix = helper.make_node("Mul", ["a", "other"], ["m"], name="mix")
     n2, i2 = _conv("c2", "m", "p", 4, 4, rng)
     add = helper.make_node("Add", ["x", "p"], ["y"], name="add")
-    analysis = find_residual_blocks(_model([n0, n1, mix, n2, add], i0 + i1 + i2))
+    # "other" is also a graph output, so c0 is not the branch's: the branch reads x and "other".
+    analysis = find_residual_blocks(_model([n0, n1, mix, n2, add], i0 + i1 + i2, outputs=("y", "other")))
     assert analysis.blocks == []
     assert analysis.skipped and "not one block input" in analysis.skipped[0]["reason"]
+    # When c0 only feeds the branch, it goes with it: two paths from x are still one branch.
+    analysis = find_residual_blocks(_model([n0, n1, mix, n2, add], i0 + i1 + i2))
+    assert [b.nodes for b in analysis.blocks] == [("c0", "c1", "mix", "c2")]
 
 
 def test_zero_branches_leaves_the_input_model_alone():

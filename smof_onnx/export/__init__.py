@@ -27,9 +27,10 @@ Returns the report (a JSON-ready dict).
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import onnx
 
@@ -68,8 +69,6 @@ def export(model: Any, output: Any, to: str = "onnx", *, quantize: str | None = 
            input_shapes: Any = None, report_path: Any = None, tflite_python: Any = None,
            config: ExportConfig = ExportConfig(), progress: Progress | None = None) -> dict[str, Any]:
     """Write ``model`` for runtime ``to`` at ``output``, verified; see the module docstring."""
-    from .. import api
-
     if to not in TARGETS:
         raise UsageError(f"--to {to}: unknown target; choose one of {', '.join(TARGETS)}")
     if quantize not in (None, "int8"):
@@ -82,9 +81,9 @@ def export(model: Any, output: Any, to: str = "onnx", *, quantize: str | None = 
         raise UsageError("--to tflite --quantize int8 is not supported; export --to onnx --quantize int8 for ONNX "
                          "Runtime, or --to openvino --quantize int8")
     python = _require_runtime(to, quantize, tflite_python)
-    src, m = api.load(model)
+    src, m = _load(model)
     place.check_paths(src, output, to, report_path)
-    shapes = api.resolve_shapes(m, input_shapes)
+    shapes = _shapes(m, input_shapes)
     calib = as_calibration(data, m, shapes)
     work = place.work_folder(output)
     try:
@@ -98,6 +97,32 @@ def export(model: Any, output: Any, to: str = "onnx", *, quantize: str | None = 
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return report
+
+
+def _load(model: Any) -> tuple[Path | None, onnx.ModelProto]:
+    """(path or None, a private copy): what :func:`smof_onnx.api.load` does (api calls this
+    package, so it is not imported from here)."""
+    if isinstance(model, onnx.ModelProto):
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        return None, copy
+    if isinstance(model, (str, os.PathLike)):
+        return Path(model), pgraph.load_model(model)
+    raise UsageError(f"model must be a path or an onnx.ModelProto, not {type(model).__name__}")
+
+
+def _shapes(m: onnx.ModelProto, input_shapes: Any) -> dict[str, list[int]] | None:
+    """``input_shapes`` (dict or ["x=1x3x224x224"] specs) as a dict; every non-batch dim must then
+    be known (ModelError naming the input otherwise), as in :func:`smof_onnx.api.resolve_shapes`."""
+    if input_shapes is None:
+        shapes = None
+    elif isinstance(input_shapes, Mapping):
+        shapes = {k: [int(d) for d in v] for k, v in input_shapes.items()}
+    else:
+        inits = {i.name for i in m.graph.initializer}
+        shapes = pgraph.parse_shape_spec(list(input_shapes), [i.name for i in m.graph.input if i.name not in inits])
+    pgraph.graph_input_shapes(m, shapes, default_dim=1)
+    return shapes
 
 
 def _require_runtime(to: str, quantize: str | None, tflite_python: Any) -> str | None:

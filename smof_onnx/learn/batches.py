@@ -1,4 +1,15 @@
-"""Index batches, input feeds and targets of the training steps.
+"""Index batches, the DataLoader that reads them, and the inputs and targets of a training step.
+
+Batches are read per step through a ``torch.utils.data.DataLoader`` (:func:`loader`): the
+dataset's item is a whole batch of sample indices, read from the calibration data (arrays in
+memory, memory-mapped arrays, or image files decoded then: :mod:`smof_onnx.stream`) in
+``data.workers`` worker processes (0: in this process) and moved to the learning device. A
+file that cannot be read then stops the run with a :class:`DataError` naming it. Nothing is
+computed for the whole set up front: the teacher's outputs are computed per batch
+(:func:`make_batch`), so memory does not grow with the number of samples.
+
+The training order comes from ``DistributedSampler`` (seeded, shuffled, ``set_epoch`` per epoch;
+one replica in a plain run): see :mod:`.distributed` for how ranks share a global batch.
 
 Each batch is extended by convex mixes of its own samples whose targets the teacher computes
 (:func:`make_batch`): distillation needs no labels, so this multiplies a small calibration
@@ -6,21 +17,60 @@ set without domain-specific augmentation (measured on the default model at 0.5 F
 461 images: 91.4% test accuracy with mixing, 90.2% without). With 4096 images it still pays,
 though less: bench models at 0.5 FLOPs, 2 + 6 epochs, seeds 0-2, ResNet-20 91.39% with mixing
 against 91.18% without, VGG 90.48% against 90.45%; a run without mixing takes 57% of the time.
-
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 
 from ..data import CalibrationData
+from ..errors import DataError
+from . import distributed
 from .settings import TrainSettings
 
-__all__ = ["BN_SAMPLES", "index_chunks", "plain_batches", "feeds_of", "labels_of", "epoch_batches",
-           "teacher_outputs", "predict", "make_batch"]
+__all__ = ["BN_SAMPLES", "index_chunks", "plain_batches", "loader", "epoch_batches", "train_batches",
+           "teacher_probe", "teacher_outputs", "predict", "make_batch", "steps_per_epoch"]
 
 
 BN_SAMPLES = 4096  # calibration samples whose statistics set (and recalibrate) the train-mode BN
+
+
+class _Batches(Dataset):
+    """Item = a whole batch: (input arrays, labels or None, error message or None). A read error
+    travels back as a message (a worker's exception would arrive wrapped in its traceback)."""
+
+    def __init__(self, data: CalibrationData, names: list[str]):
+        self.data, self.names = data, names
+
+    def __getitem__(self, idx):
+        try:
+            feeds = [torch.from_numpy(np.ascontiguousarray(self.data.inputs[n][idx])) for n in self.names]
+        except DataError as exc:
+            return None, None, str(exc)
+        labels = None if self.data.labels is None else torch.from_numpy(self.data.labels[idx])
+        return feeds, labels, None
+
+
+def _as_is(item):
+    return item
+
+
+def loader(data: CalibrationData, names: list[str], index_batches, device=None):
+    """(feeds on ``device``, labels or None) for every index array of ``index_batches``, read by a
+    DataLoader with ``data.workers`` worker processes, in order."""
+    workers = int(getattr(data, "workers", 0) or 0)
+    dl = DataLoader(_Batches(data, names), batch_size=None, sampler=index_batches, num_workers=workers,
+                    collate_fn=_as_is, pin_memory=device is not None and torch.device(device).type == "cuda")
+    for feeds, labels, error in dl:
+        if error is not None:
+            raise DataError(error)
+        if device is not None:
+            feeds = [f.to(device, non_blocking=True) for f in feeds]
+            labels = None if labels is None else labels.to(device, non_blocking=True)
+        yield feeds, labels
 
 
 def index_chunks(module, n: int, batch: int):
@@ -36,40 +86,90 @@ def index_chunks(module, n: int, batch: int):
         yield idx
 
 
-def plain_batches(module, data: CalibrationData, batch: int):
-    """Unmixed batches of the first BN_SAMPLES samples, made one at a time (inputs can be large)."""
-    for idx in index_chunks(module, min(len(data), BN_SAMPLES), batch):
-        yield feeds_of(data, module.input_names, idx)
+def _device(module):
+    p = next(iter(module.parameters()), None)
+    return None if p is None else p.device
 
 
-def feeds_of(data: CalibrationData, names: list[str], idx: np.ndarray) -> list[torch.Tensor]:
-    return [torch.from_numpy(np.ascontiguousarray(data.inputs[n][idx])) for n in names]
+def plain_batches(module, data: CalibrationData, batch: int, shard: bool = False):
+    """Unmixed feeds of the first BN_SAMPLES samples, a batch at a time; with ``shard`` under
+    torchrun, rank r takes batches r, r + W, ... (:meth:`.batchnorm.TrainBatchNorm` pools them)."""
+    chunks = list(index_chunks(module, min(len(data), BN_SAMPLES), batch))
+    world = distributed.current()
+    if shard and world.active:
+        chunks = chunks[world.rank::world.size]
+    for feeds, _ in loader(data, module.input_names, chunks, _device(module)):
+        yield feeds
 
 
-def labels_of(data: CalibrationData, idx: np.ndarray) -> torch.Tensor | None:
-    return None if data.labels is None else torch.from_numpy(data.labels[idx])
+def rank_batch(settings: TrainSettings) -> int:
+    """The batch one rank reads: the global ``batch_size`` over the ranks (module docstring of
+    :mod:`.distributed`)."""
+    return settings.batch_size // distributed.current().size
+
+
+def steps_per_epoch(n: int, settings: TrainSettings) -> int:
+    world = distributed.current()
+    per_rank = -(-n // world.size)
+    return -(-per_rank // rank_batch(settings))
+
+
+class _Epochs:
+    """Index batches of this rank, epoch after epoch (``DistributedSampler`` + ``BatchSampler``);
+    with ``whole_batches`` (a model that takes only its own batch size) the last batch of an
+    epoch is filled from the start of the same order."""
+
+    def __init__(self, n: int, settings: TrainSettings):
+        world = distributed.current()
+        self.sampler = DistributedSampler(range(n), num_replicas=world.size, rank=world.rank, shuffle=True,
+                                          seed=settings.seed)
+        self.batch = rank_batch(settings)
+        self.whole = settings.whole_batches
+
+    def __iter__(self):
+        for epoch in range(10**9):
+            self.sampler.set_epoch(epoch)
+            order = np.fromiter(iter(self.sampler), np.int64)
+            for idx in BatchSampler(order, self.batch, drop_last=False):
+                idx = np.asarray(idx, np.int64)
+                if self.whole and len(idx) < self.batch:
+                    idx = np.concatenate([idx, np.resize(order, self.batch - len(idx))])
+                yield idx
 
 
 def epoch_batches(data: CalibrationData, settings: TrainSettings):
-    """Shuffled index batches, epoch after epoch; with ``whole_batches`` (a model that takes only
-    its own batch size) the last batch of an epoch is filled from the start of the same order."""
-    n, bs = len(data), settings.batch_size
-    for epoch in range(10**9):
-        order = np.random.default_rng([settings.seed, epoch]).permutation(n)
-        for i in range(0, n, bs):
-            idx = order[i:i + bs]
-            if settings.whole_batches and len(idx) < bs:
-                idx = np.concatenate([idx, np.resize(order, bs - len(idx))])
-            yield idx
+    """This rank's index batches, epoch after epoch (:class:`_Epochs`)."""
+    return iter(_Epochs(len(data), settings))
+
+
+def train_batches(module, data: CalibrationData, settings: TrainSettings):
+    """(feeds, labels) of this rank's batches, epoch after epoch, read by :func:`loader`."""
+    return loader(data, module.input_names, _Epochs(len(data), settings), _device(module))
+
+
+@torch.no_grad()
+def teacher_probe(module, data: CalibrationData, batch: int) -> list[torch.Tensor]:
+    """The teacher's outputs (float32, CPU) on the first batch: what kind each output is and
+    its scale; the targets of training are computed per batch (:func:`make_batch`)."""
+    first = next(index_chunks(module, len(data), batch))
+    feeds, _ = next(loader(dataclass_no_workers(data), module.input_names, [first], _device(module)))
+    n = min(len(first), len(data))
+    return [r.detach().float().cpu()[:n] for r in module(*feeds)]
+
+
+def dataclass_no_workers(data: CalibrationData) -> CalibrationData:
+    import dataclasses
+
+    return dataclasses.replace(data, workers=0)
 
 
 @torch.no_grad()
 def teacher_outputs(module, data: CalibrationData, batch: int) -> list[torch.Tensor]:
-    """The original model's outputs on every sample (the module must carry no gates)."""
+    """The model's outputs (float32, CPU) on every sample of ``data`` (the module must carry no
+    gates). Held whole: used for the held-out split's quality, see :mod:`.quality`."""
     outs: list[list[torch.Tensor]] = []
-    for idx in index_chunks(module, len(data), batch):
-        res = module(*feeds_of(data, module.input_names, idx))
-        outs.append([r.detach().float() for r in res])
+    for feeds, _ in loader(data, module.input_names, index_chunks(module, len(data), batch), _device(module)):
+        outs.append([r.detach().float().cpu() for r in module(*feeds)])
     return [torch.cat(col)[:len(data)] for col in zip(*outs)]
 
 
@@ -78,30 +178,31 @@ def predict(module, data: CalibrationData, batch: int) -> list[torch.Tensor]:
     return teacher_outputs(module, data, batch)
 
 
-def make_batch(module, data: CalibrationData, idx: np.ndarray, teacher: list[torch.Tensor], teacher_module,
-               gen: torch.Generator, mix: bool):
-    """(feeds, teacher outputs, labels, teacher taps) of one step. With ``mix``, the batch is
-    extended by as many convex mixes of its own samples (per-sample weight ~ U(0, 1)), whose
-    targets the teacher computes: distillation needs no labels, so interpolated inputs multiply a
-    small calibration set without assuming anything about the domain (no flips or crops).
-    Teacher taps: the values of ``teacher_module.taps`` on the whole (extended) batch, ``{}``
-    when it taps nothing (:func:`attach_feature_taps`)."""
-    feeds = feeds_of(data, module.input_names, idx)
-    target = [t[idx] for t in teacher]
-    labels = labels_of(data, idx)
-    tapped: dict[str, torch.Tensor] = {}
-    if teacher_module is not None and teacher_module.taps:
-        with torch.no_grad():
-            teacher_module(*feeds)
-        tapped = dict(teacher_module.tapped)
-    if not mix or teacher_module is None or len(idx) < 2 or not all(f.is_floating_point() for f in feeds):
+def make_batch(feeds: list[torch.Tensor], labels, teacher_module, gen: torch.Generator, mix: bool, runtime=None):
+    """(feeds, teacher outputs, labels, teacher taps) of one step. The teacher runs on the batch
+    here (never precomputed for the whole set). With ``mix``, the batch is extended by as many
+    convex mixes of its own samples (per-sample weight ~ U(0, 1), partners drawn from the whole
+    global batch under torchrun), whose targets the teacher computes: distillation needs no
+    labels, so interpolated inputs multiply a small calibration set without assuming anything
+    about the domain (no flips or crops). Teacher taps: the values of ``teacher_module.taps`` on
+    the whole (extended) batch, ``{}`` when it taps nothing."""
+    auto = runtime.autocast() if runtime is not None else contextlib.nullcontext()
+    with torch.no_grad(), auto:
+        target = [t.detach().float() for t in teacher_module(*feeds)]
+    tapped = dict(teacher_module.tapped) if teacher_module.taps else {}
+    n = len(feeds[0])
+    if not mix or n < 2 or not all(f.is_floating_point() for f in feeds):
         return feeds, target, labels, tapped
-    n = len(idx)
-    perm = torch.randperm(n, generator=gen)
-    lam = torch.rand(n, generator=gen)
-    mixed = [f * lam.view(-1, *[1] * (f.ndim - 1)) + f[perm] * (1 - lam.view(-1, *[1] * (f.ndim - 1)))
-             for f in feeds]
-    with torch.no_grad():
+    world = distributed.current()
+    whole = [distributed.gather_rows(f) for f in feeds]
+    total = len(whole[0])
+    perm = torch.randperm(total, generator=gen)
+    lam = torch.rand(total, generator=gen)
+    mine = torch.arange(world.rank, total, world.size) if world.active else torch.arange(total)
+    partner, lam = perm[mine].to(feeds[0].device), lam[mine].to(feeds[0].device)
+    mixed = [w[mine.to(w.device)] * lam.view(-1, *[1] * (w.ndim - 1)).to(w.dtype)
+             + w[partner] * (1 - lam.view(-1, *[1] * (w.ndim - 1))).to(w.dtype) for w in whole]
+    with torch.no_grad(), auto:
         mixed_t = [t.detach().float() for t in teacher_module(*mixed)]
     tapped = {k: torch.cat([v, teacher_module.tapped[k]]) for k, v in tapped.items()}
     return ([torch.cat([f, m]) for f, m in zip(feeds, mixed)], [torch.cat([t, m]) for t, m in zip(target, mixed_t)],
