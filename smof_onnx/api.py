@@ -325,6 +325,10 @@ def compress(model: Any, output: Any = None, *, data: Any = None, target_flops: 
     returned = METHODS[method](work, data=calib, target_flops=float(target_flops), input_shapes=shapes, seed=seed,
                                **method_options)
     zeroed, quality, settings, choices = _unpack(returned, method)
+    from .learn.distributed import is_worker
+
+    if is_worker():  # a torchrun rank other than 0: it trained its shard; rank 0 cuts, verifies and writes
+        return zeroed, {"rank": int(os.environ.get("RANK", "0")), "written": False}
     _check_finite(m, zeroed, method)
     method_info = {"name": method, "target_flops": float(target_flops), "seed": seed,
                    **{k: v for k, v in method_options.items() if k != "progress_bars"}, **(settings or {})}

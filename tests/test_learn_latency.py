@@ -146,3 +146,13 @@ def test_layers_of_the_same_geometry_are_timed_once(monkeypatch, tmp_path):
     table = measure_table(twin, {"x": [2, 8, 12, 12]}, config, use_cache=False)
     assert len(calls) == once  # no new cells: 'dense2' reuses the cells of 'dense'
     assert table.layers["dense2"]["ms"] == table.layers["dense"]["ms"]
+
+
+def test_a_tiny_cell_stops_at_max_runs_not_at_the_time_budget():
+    """A 30-second budget on a conv that runs in microseconds: the run cap ends the timing."""
+    import time
+
+    m, feed = micro_conv(conv_sites(two_conv_model(), {"x": [1, 8, 12, 12]})[0], (3, 3), 8, 16, 1)
+    start = time.perf_counter()
+    ms = latency.time_model(m, feed, 1, 30.0, 1, max_runs=20)
+    assert ms > 0 and time.perf_counter() - start < 10.0

@@ -93,3 +93,29 @@ def test_an_unreachable_latency_target_is_a_clear_error(monkeypatch, tmp_path):
     p, lat = _budget(monkeypatch, tmp_path)
     with pytest.raises(UnsupportedModelError, match="latency target 0.001 cannot be reached"):
         select(p, np.zeros(p.space.size), 1.0, check=False, extra=[(lat, 0.001)])
+
+
+def test_layer_times_add_up_to_the_prediction(monkeypatch, tmp_path):
+    p, lat = _budget(monkeypatch, tmp_path)
+    h = np.ones(p.space.size)
+    h[list(p.space.families[0].gates[:3])] = 0
+    e = p.space.effective(h)
+    per_layer = lat.layer_ms(e)
+    assert set(per_layer) == {"conv1", "conv2", "conv3"}
+    assert sum(per_layer.values()) + lat.other == pytest.approx(lat.ms(e), rel=1e-12)
+    assert per_layer["conv2"] < lat.layer_ms(np.ones(p.space.size))["conv2"]
+
+
+def test_counts_slower_than_the_next_larger_one_are_reported(monkeypatch, tmp_path):
+    """odd_is_slow: a conv whose output count is not a multiple of 4 runs 3x slower, so keeping 7
+    of 8 channels is slower than keeping 8; keeping 4 is faster than keeping 5."""
+    p, lat = _budget(monkeypatch, tmp_path, odd_is_slow)
+    fam = p.space.families[0]
+    h = np.ones(p.space.size)
+    h[fam.gates[0]] = 0  # 7 of 8
+    slow = lat.slower_counts(p.space, h)
+    assert [(r["kept"], r["larger"]) for r in slow] == [(7, 8)]
+    assert slow[0]["ms_larger"] < slow[0]["ms"]
+    h = np.ones(p.space.size)
+    h[list(fam.gates[:4])] = 0  # 4 of 8
+    assert lat.slower_counts(p.space, h) == []

@@ -149,7 +149,7 @@ def test_options_l2_does_not_read_are_refused_naming_option_and_method(options, 
         METHODS["l2"](tiny_cnn(), data, target_flops=0.7, **options)
 
 
-def test_every_option_is_classified_and_smof_refuses_a_bench_batch_without_latency_target():
+def test_every_option_is_classified_and_bench_batch_needs_a_latency_table():
     import dataclasses
 
     from smof_onnx.errors import UsageError
@@ -158,6 +158,10 @@ def test_every_option_is_classified_and_smof_refuses_a_bench_batch_without_laten
     fields = {f.name for f in dataclasses.fields(CompressConfig)}
     read = set(_ALWAYS).union(*(t for m in METHOD_OPTIONS.values() for t in m.values()))
     assert fields == read  # a new option must say which methods read it
+    # smof times its latency table at --bench-batch by default; with --no-latency nothing is timed
+    check_options("smof", CompressConfig(bench_batch=8), {"bench_batch"}, True)
     with pytest.raises(UsageError, match="--bench-batch is read only with --target-latency"):
-        check_options("smof", CompressConfig(bench_batch=8), {"bench_batch"}, True)
+        check_options("smof", CompressConfig(bench_batch=8, no_latency=True), {"bench_batch", "no_latency"}, True)
+    with pytest.raises(UsageError, match="--bench-batch is read only with --target-latency"):
+        check_options("l2", CompressConfig(bench_batch=8), {"bench_batch"}, True)
     check_options("smof", CompressConfig(epochs=2, lr=1e-3), {"epochs", "lr"}, True)  # smof reads both

@@ -127,3 +127,49 @@ def test_when_no_confirmation_holds_the_most_conservative_timed_selection_is_kep
     confirms = [r for r in result.rounds if r.get("confirms")]
     assert len(confirms) == method_latency.CONFIRMATIONS and all(r["measured_ratio"] > 0.6 for r in confirms)
     assert np.array_equal(result.h, h)  # the smallest goal timed within the target
+
+
+def test_smof_scores_by_measured_time_unless_no_latency_or_untimeable(monkeypatch, tmp_path):
+    """The default scoring table is measured; --no-latency and a runtime that cannot time a layer
+    fall back to FLOPs and say why; --no-latency with --target-latency is a usage error."""
+    from smof_onnx.errors import UsageError
+    from smof_onnx.learn import latency as table_latency
+
+    p, _ = _budget(monkeypatch, tmp_path)
+    monkeypatch.setenv("SMOF_CACHE", str(tmp_path / "cache"))
+    lat, source = method_latency.scoring_latency(p, CompressConfig(bench_batch=4))
+    assert source == "measured" and lat is not None and lat.total > 0
+    assert method_latency.scoring_latency(p, CompressConfig(no_latency=True)) == (None, "flops (--no-latency)")
+
+    def broken(*a, **k):
+        raise RuntimeError("no kernel for this conv")
+
+    monkeypatch.setattr(table_latency, "time_model", broken)
+    monkeypatch.setenv("SMOF_CACHE", str(tmp_path / "empty"))
+    lat, source = method_latency.scoring_latency(p, CompressConfig(bench_batch=4))
+    assert lat is None and source.startswith("flops (") and "no kernel for this conv" in source
+    with pytest.raises(UsageError, match="--no-latency and --target-latency"):
+        CompressConfig(no_latency=True, target_latency=0.5)
+
+
+def test_the_scoring_table_is_timed_at_a_batch_that_fits_the_memory_budget(monkeypatch, tmp_path):
+    """A table whose largest cell does not fit the budget at --bench-batch is timed at a halved
+    batch (the report says so); where not even batch 1 fits, smof scores by FLOPs and says why."""
+    from smof_onnx.learn import memory
+    from smof_onnx.learn.latency import conv_sites
+
+    p, _ = _budget(monkeypatch, tmp_path)
+    monkeypatch.setattr(memory, "current_rss", lambda: 0)
+    # the independent estimate: input + output floats of the biggest conv, per sample
+    per_sample = max(4 * (int(np.prod(s.input_shape[1:])) + s.weight_shape[0] * int(np.prod(s.input_shape[2:])))
+                     for s in conv_sites(p.model, p.shapes))
+    at_32 = method_latency.table_batch(p, CompressConfig(bench_batch=32, max_memory=1 << 40))
+    assert at_32 == (32, None)
+    room = int(method_latency.TABLE_FACTOR * per_sample * 24)  # fewer than 24 samples fit (plus im2col, weights)
+    batch, why = method_latency.table_batch(p, CompressConfig(bench_batch=32, max_memory=room))
+    assert batch in (1, 2, 4, 8, 16) and method_latency.TABLE_FACTOR * batch * per_sample <= room
+    assert f"timed at batch {batch}, not 32" in why
+    batch, why = method_latency.table_batch(p, CompressConfig(bench_batch=32, max_memory=per_sample // 4))
+    assert batch is None and "memory budget" in why
+    lat, source = method_latency.scoring_latency(p, CompressConfig(bench_batch=32, max_memory=per_sample // 4))
+    assert lat is None and source.startswith("flops (timing the largest layer")

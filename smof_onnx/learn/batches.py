@@ -21,6 +21,7 @@ against 91.18% without, VGG 90.48% against 90.45%; a run without mixing takes 57
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ from ..errors import DataError
 from . import distributed
 from .settings import TrainSettings
 
-__all__ = ["BN_SAMPLES", "index_chunks", "plain_batches", "loader", "epoch_batches", "train_batches",
+__all__ = ["BN_SAMPLES", "index_chunks", "feeds_of", "labels_of", "plain_batches", "loader", "epoch_batches", "train_batches",
            "teacher_probe", "teacher_outputs", "predict", "make_batch", "steps_per_epoch"]
 
 
@@ -58,9 +59,15 @@ def _as_is(item):
     return item
 
 
-def loader(data: CalibrationData, names: list[str], index_batches, device=None):
+def loader(data: CalibrationData, names: list[str], index_batches, device=None, with_index: bool = False):
     """(feeds on ``device``, labels or None) for every index array of ``index_batches``, read by a
-    DataLoader with ``data.workers`` worker processes, in order."""
+    DataLoader with ``data.workers`` worker processes, in order; ``with_index``: (index array,
+    feeds, labels)."""
+    if with_index:
+        kept = _Tee(index_batches)
+        for feeds, labels in loader(data, names, kept, device):
+            yield kept.pop(), feeds, labels
+        return
     workers = int(getattr(data, "workers", 0) or 0)
     dl = DataLoader(_Batches(data, names), batch_size=None, sampler=index_batches, num_workers=workers,
                     collate_fn=_as_is, pin_memory=device is not None and torch.device(device).type == "cuda")
@@ -84,6 +91,15 @@ def index_chunks(module, n: int, batch: int):
         if fixed and len(idx) < fixed:
             idx = np.concatenate([idx, np.full(fixed - len(idx), idx[-1])])
         yield idx
+
+
+def feeds_of(data: CalibrationData, names: list[str], idx: np.ndarray) -> list[torch.Tensor]:
+    """The inputs of samples ``idx`` read in this process (CPU tensors; a module moves them)."""
+    return [torch.from_numpy(np.ascontiguousarray(data.inputs[n][idx])) for n in names]
+
+
+def labels_of(data: CalibrationData, idx: np.ndarray) -> torch.Tensor | None:
+    return None if data.labels is None else torch.from_numpy(data.labels[idx])
 
 
 def _device(module):
@@ -143,24 +159,41 @@ def epoch_batches(data: CalibrationData, settings: TrainSettings):
 
 
 def train_batches(module, data: CalibrationData, settings: TrainSettings):
-    """(feeds, labels) of this rank's batches, epoch after epoch, read by :func:`loader`."""
-    return loader(data, module.input_names, _Epochs(len(data), settings), _device(module))
+    """(index array, feeds, labels) of this rank's batches, epoch after epoch, read by :func:`loader`."""
+    return loader(data, module.input_names, _Epochs(len(data), settings), _device(module), with_index=True)
+
+
+class _Tee:
+    """An iterable of index arrays that remembers the ones handed to the DataLoader (it reads
+    ahead), so each batch can be paired with its indices in order."""
+
+    def __init__(self, batches):
+        self.batches = batches
+        self.seen: list[np.ndarray] = []
+
+    def __iter__(self):
+        for idx in self.batches:
+            self.seen.append(idx)
+            yield idx
+
+    def pop(self) -> np.ndarray:
+        return self.seen.pop(0)
+
+
+PROBE_SAMPLES = 256  # the first samples whose teacher outputs the search keeps (ring calibration reads them)
 
 
 @torch.no_grad()
 def teacher_probe(module, data: CalibrationData, batch: int) -> list[torch.Tensor]:
-    """The teacher's outputs (float32, CPU) on the first batch: what kind each output is and
-    its scale; the targets of training are computed per batch (:func:`make_batch`)."""
-    first = next(index_chunks(module, len(data), batch))
-    feeds, _ = next(loader(dataclass_no_workers(data), module.input_names, [first], _device(module)))
-    n = min(len(first), len(data))
-    return [r.detach().float().cpu()[:n] for r in module(*feeds)]
-
-
-def dataclass_no_workers(data: CalibrationData) -> CalibrationData:
-    import dataclasses
-
-    return dataclasses.replace(data, workers=0)
+    """The teacher's outputs (float32, on the module's device) on the first
+    ``max(batch, PROBE_SAMPLES)`` samples: what kind each output is, its scale, and the targets
+    of :mod:`.ring_calibration`; the targets of training are computed per batch (:func:`make_batch`)."""
+    n = min(len(data), max(int(batch), PROBE_SAMPLES))
+    outs: list[list[torch.Tensor]] = []
+    for feeds, _ in loader(dataclasses.replace(data, workers=0), module.input_names,
+                           list(index_chunks(module, n, batch)), _device(module)):
+        outs.append([r.detach().float() for r in module(*feeds)])
+    return [torch.cat(col)[:n] for col in zip(*outs)]
 
 
 @torch.no_grad()
@@ -178,14 +211,18 @@ def predict(module, data: CalibrationData, batch: int) -> list[torch.Tensor]:
     return teacher_outputs(module, data, batch)
 
 
-def make_batch(feeds: list[torch.Tensor], labels, teacher_module, gen: torch.Generator, mix: bool, runtime=None):
+def make_batch(feeds: list[torch.Tensor], labels, teacher_module, gen: torch.Generator, mix: bool, runtime=None,
+               teacher: list[torch.Tensor] | None = None, idx: np.ndarray | None = None):
     """(feeds, teacher outputs, labels, teacher taps) of one step. The teacher runs on the batch
     here (never precomputed for the whole set). With ``mix``, the batch is extended by as many
     convex mixes of its own samples (per-sample weight ~ U(0, 1), partners drawn from the whole
     global batch under torchrun), whose targets the teacher computes: distillation needs no
     labels, so interpolated inputs multiply a small calibration set without assuming anything
     about the domain (no flips or crops). Teacher taps: the values of ``teacher_module.taps`` on
-    the whole (extended) batch, ``{}`` when it taps nothing."""
+    the whole (extended) batch, ``{}`` when it taps nothing. Without ``teacher_module`` the
+    targets are ``teacher`` (outputs on every sample) at ``idx``, unmixed."""
+    if teacher_module is None:
+        return feeds, [t[torch.as_tensor(idx, device=t.device)] for t in teacher], labels, {}
     auto = runtime.autocast() if runtime is not None else contextlib.nullcontext()
     with torch.no_grad(), auto:
         target = [t.detach().float() for t in teacher_module(*feeds)]

@@ -25,6 +25,11 @@ recomputes them as a plain average over given batches with the final weights.
 and removes the normalisers; afterwards the module (and ``state_to_onnx``) is a plain copy of
 the graph again. The normaliser runs before the node output's hook, so a channel gate multiplies
 the normalised output and a dropped channel is exactly 0 (its filter and bias are zeroed later).
+
+Under torchrun (:mod:`.distributed`) the batch statistics are those of the global batch (each
+rank's sum and sum of squares all-reduced, with gradient, as ``SyncBatchNorm`` does), and the
+running statistics are collected over the ranks' share of the batches and pooled over all of
+them, so every rank holds the statistics a plain run computes.
 """
 from __future__ import annotations
 
@@ -33,6 +38,8 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from . import distributed
 
 __all__ = ["TrainBatchNorm"]
 
@@ -66,11 +73,30 @@ class _Stats(nn.Module):
                 if n > 0:
                     self.parts.append((mean.double(), var.double(), n))
             return out.to(y.dtype) if training else y
+        if training and distributed.current().active:
+            return self._synced(y)
         if training and n < 2:
             return self._normalise(y, *torch.var_mean(y, self._dims(y), unbiased=False))
         out = F.batch_norm(y.to(self.rm.dtype), self.rm, self.rv, self.gamma, self.beta, training, self.momentum,
                            self.eps)
         return out.to(y.dtype)
+
+    def _synced(self, y: torch.Tensor) -> torch.Tensor:
+        """Train mode over the global batch: sums all-reduced with their gradient."""
+        from torch.distributed.nn.functional import all_reduce
+
+        x = y.to(self.rm.dtype)
+        dims = self._dims(x)
+        count = torch.tensor([float(x.numel() // max(1, x.shape[1]))], device=x.device)
+        stats = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
+        c = x.shape[1]
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)
+        with torch.no_grad():
+            self.rm.mul_(1 - self.momentum).add_(self.momentum * mean.detach())
+            self.rv.mul_(1 - self.momentum).add_(self.momentum * var.detach() * (n / (n - 1).clamp_min(1)))
+        return self._normalise(x, var, mean).to(y.dtype)
 
     @staticmethod
     def _dims(y: torch.Tensor) -> list[int]:
@@ -83,12 +109,30 @@ class _Stats(nn.Module):
 
     def take_stats(self) -> None:
         """Running statistics := the pooled mean and (biased) variance of the collected batches,
-        combined in float64."""
+        combined in float64 (over every rank's batches under torchrun: a collective call)."""
+        world = distributed.current()
+        if world.active:
+            c = self.rm.numel()
+            sums = torch.zeros(2 * c + 1, dtype=torch.float64, device=self.rm.device)
+            for m, v, n in self.parts:
+                sums += torch.cat([n * m, n * (v + m * m), torch.tensor([float(n)], dtype=torch.float64,
+                                                                        device=m.device)])
+            import torch.distributed as dist
+
+            dist.all_reduce(sums)
+            self.parts = []
+            if sums[-1] <= 0:
+                return
+            mean = sums[:c] / sums[-1]
+            var = (sums[c:2 * c] / sums[-1] - mean * mean).clamp_min(0)
+            self.rm.copy_(mean.to(self.rm.dtype))
+            self.rv.copy_(var.to(self.rv.dtype))
+            return
         if not self.parts:
             return
         counts = torch.tensor([n for _, _, n in self.parts], dtype=torch.float64).reshape(-1, 1)
-        means = torch.stack([m for m, _, _ in self.parts])
-        variances = torch.stack([v for _, v, _ in self.parts])
+        means = torch.stack([m for m, _, _ in self.parts]).cpu()
+        variances = torch.stack([v for _, v, _ in self.parts]).cpu()
         total = counts.sum()
         mean = (counts * means).sum(0) / total
         var = (counts * (variances + (means - mean) ** 2)).sum(0) / total
@@ -120,6 +164,9 @@ class TrainBatchNorm:
             key = f"bn{i}"
             self._keys[tensor] = key
             self.norms[key] = _Stats(int(module.parameter(weight).shape[0]), eps, momentum)
+        first = next(iter(module.parameters()), None)
+        if first is not None:
+            self.norms.to(first.device)
         module.train_norms = self.norms
         for tensor, key in self._keys.items():
             module.set_normalizer(tensor, self._normaliser(self.norms[key]))
@@ -159,7 +206,7 @@ class TrainBatchNorm:
             for feeds in batches:
                 self.module(*feeds)
                 seen = True
-            if seen:
+            if seen or distributed.current().active:  # under torchrun every rank pools (a collective)
                 for norm in self.norms.values():
                     norm.take_stats()
         finally:

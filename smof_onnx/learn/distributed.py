@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-__all__ = ["World", "world_from_env", "is_worker", "setup", "finish", "all_mean", "global_mean", "gather_rows",
+__all__ = ["World", "world_from_env", "is_worker", "setup", "finish", "last", "current", "all_mean", "global_mean", "gather_rows", "broadcast_object",
            "wrap"]
 
 
@@ -87,9 +87,18 @@ def setup(device) -> World:
     return _WORLD
 
 
+_LAST = World()
+
+
+def last() -> World:
+    """The world of the last learning stage of this process (what the report records)."""
+    return _LAST
+
+
 def finish() -> None:
     """Every rank at a barrier, then the group closed (no-op in a plain run)."""
-    global _WORLD
+    global _WORLD, _LAST
+    _LAST = _WORLD
     if not _WORLD.active:
         return
     import torch.distributed as dist
@@ -130,12 +139,30 @@ def gather_rows(t):
     return torch.stack(parts, 1).reshape(-1, *t.shape[1:])
 
 
+def broadcast_object(obj):
+    """Rank 0's ``obj`` on every rank (picklable; itself in a plain run): what one process
+    measured (latency tables, timed selections) decides for all."""
+    if not _WORLD.active:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def wrap(module):
-    """``module`` in DistributedDataParallel when the group is active (else itself)."""
+    """``module`` in DistributedDataParallel when the group is active (else itself); built once
+    per module, after its train-mode BN is attached (its parameters are DDP's)."""
     if not _WORLD.active:
         return module
+    cached = module.__dict__.get("_smof_ddp")
+    if cached is not None:  # one DDP per module: a second would add a second set of gradient hooks
+        return cached
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     device = next(module.parameters()).device
-    return DDP(module, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
-               find_unused_parameters=True)
+    ddp = DDP(module, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
+              find_unused_parameters=True)
+    object.__setattr__(module, "_smof_ddp", ddp)  # not a submodule: kept out of module.modules()
+    return ddp

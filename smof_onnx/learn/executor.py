@@ -17,6 +17,7 @@ Rules:
   of the autograd graph. ``set_normalizer(tensor, fn)`` is applied to a node output before
   its hook (the training-time batch normalisation of :mod:`.batchnorm`, so a channel gate
   multiplies the normalised output).
+- Inputs are moved to the device of the module's parameters (``module.to(device)``).
 - BatchNormalization always uses its stored statistics and Dropout is the identity,
   whatever ``train()`` / ``eval()`` says: the module computes what ONNX Runtime computes.
 """
@@ -309,6 +310,8 @@ class OnnxModule(nn.Module):
         for k, v in env.items():
             if not isinstance(v, torch.Tensor):
                 env[k] = torch.as_tensor(np.asarray(v), device=device)
+            elif device is not None and v.device != device:  # feeds follow the module (--device)
+                env[k] = v.to(device, non_blocking=True)
         return env
 
     def state_to_onnx(self, model: onnx.ModelProto | None = None, *, transformed: bool = False) -> onnx.ModelProto:

@@ -24,9 +24,10 @@ import torch
 
 from ..batching import free_batch
 from ..data import CalibrationData
-from ..errors import UnsupportedModelError
+from ..errors import UnsupportedModelError, UsageError
 from ..selection.select import Problem
-from .batches import epoch_batches, plain_batches, teacher_outputs
+from . import distributed
+from .batches import plain_batches, steps_per_epoch, teacher_probe, train_batches
 from .losses import attach_feature_taps, backward_batch, check_labels, output_kinds
 from . import memory
 from .masking import Masks
@@ -60,14 +61,14 @@ def attach_batchnorm(module, data: CalibrationData, settings: TrainSettings):
         return None
     from .batchnorm import TrainBatchNorm
 
-    return TrainBatchNorm(module, plain_batches(module, data, settings.batch_size))
+    return TrainBatchNorm(module, plain_batches(module, data, settings.batch_size, shard=True))
 
 
 def fold_batchnorm(bn, module, data: CalibrationData, settings: TrainSettings) -> None:
     """Recalibrate the running statistics on ``data`` with the final weights and fold them."""
     if bn is None:
         return
-    bn.recalibrate(plain_batches(module, data, settings.batch_size))
+    bn.recalibrate(plain_batches(module, data, settings.batch_size, shard=True))
     bn.fold()
     module.eval()
 
@@ -88,30 +89,38 @@ def finetune(problem: Problem, module, data: CalibrationData, teacher: list[torc
 def fit(module, data: CalibrationData, teacher: list[torch.Tensor], settings: TrainSettings, teacher_module,
         desc: str, post: dict, after_step=None, guard=None) -> None:
     """``finetune_epochs`` passes of Adam with a cosine learning rate on the task loss."""
-    steps = settings.finetune_epochs * math.ceil(len(data) / settings.batch_size)
+    steps = settings.finetune_epochs * steps_per_epoch(len(data), settings)
     if steps == 0:
         return
     module.train()  # only train-mode normalisers (:mod:`.batchnorm`) care
     opt = torch.optim.Adam(list(module.parameters()), lr=settings.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     kinds = output_kinds(tuple(t[:1] for t in teacher))
-    batches = epoch_batches(data, dataclasses.replace(settings, seed=settings.seed + 1))
+    batches = train_batches(module, data, dataclasses.replace(settings, seed=settings.seed + 1))
+    runner, runtime = distributed.wrap(module), settings.runtime
+    scaler = runtime.scaler() if runtime is not None else None
     bar = Progress(steps, desc, settings.progress)
     gen = torch.Generator().manual_seed(settings.seed + 1)
     for step in range(steps):
         opt.zero_grad(set_to_none=True)
-        idx = next(batches)
-        loss = backward_batch(module, data, idx, teacher, teacher_module, gen, kinds, settings,
-                              guard.split if guard else 1)
+        idx, feeds, labels = next(batches)
+        loss = backward_batch(module, feeds, labels, teacher_module, gen, kinds, settings,
+                              guard.split if guard else 1, runner, runtime, scaler, teacher, idx)
+        if scaler is not None:
+            scaler.unscale_(opt)
         if after_step is not None:
             after_step("grad")
-        opt.step()
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
         sched.step()
         if after_step is not None:
             after_step("step")
         bar.update(loss=loss, **post)
         if guard is not None:
-            guard.check(1 if settings.whole_batches else len(idx), step)
+            guard.check(1 if settings.whole_batches else len(feeds[0]), step)
     bar.close()
 
 
@@ -121,15 +130,25 @@ def memory_plan(model: onnx.ModelProto, data: CalibrationData, settings: TrainSe
     on ``model``, the graph that trains, at ``data``'s sample size), the plan, and the guard
     that watches the budget while training."""
     sample = {name: arr.shape[1:] for name, arr in data.inputs.items()}
-    plan = memory.plan(model, sample, settings.batch_size, max_memory=max_memory, mix=settings.mix,
-                       fixed_batch=settings.whole_batches)
-    return dataclasses.replace(settings, batch_size=plan.batch_size), plan, MemoryGuard(plan.budget)
+    world = distributed.current()
+    if world.active and settings.whole_batches:
+        raise UsageError("this model takes only its own fixed batch, so it trains in one process: run without "
+                         "torchrun, or export the model with a free batch axis")
+    if world.active and settings.batch_size % world.size:
+        raise UsageError(f"--batch-size {settings.batch_size} is the global batch of {world.size} processes: give "
+                         f"a multiple of {world.size}")
+    plan = memory.plan(model, sample, settings.batch_size // world.size, max_memory=max_memory, mix=settings.mix,
+                       fixed_batch=settings.whole_batches, device=getattr(settings.runtime, "device", None))
+    batch = plan.batch_size * world.size  # the budget bounds each process's share of the global batch
+    return dataclasses.replace(settings, batch_size=batch), plan, MemoryGuard(plan.budget, device=getattr(
+        settings.runtime, "device", None))
 
 
 def finetune_fixed(model: onnx.ModelProto, data, epochs: int, *, lr: float | None = None, batch_size: int = 64,
                    seed: int = 0, progress_bars: bool = True, teacher: onnx.ModelProto | None = None,
                    input_shapes=None, threads: int | None = None, feature_distill: float = 0.0,
-                   max_memory=None, memory_report: dict | None = None) -> onnx.ModelProto:
+                   max_memory=None, memory_report: dict | None = None, device: str | None = "cpu",
+                   amp: bool = False) -> onnx.ModelProto:
     """Fine-tune every weighted parameter of ``model`` (Conv / ConvTranspose / Gemm / MatMul / BN
     affine / PRelu, see :class:`OnnxModule`) keeping every weight that is exactly 0 at 0.
 
@@ -145,7 +164,8 @@ def finetune_fixed(model: onnx.ModelProto, data, epochs: int, *, lr: float | Non
     too, :func:`feature_loss`; 0: off); Adam, cosine lr (default
     1e-3), ``epochs`` passes, ``threads`` PyTorch threads (:func:`torch_threads`), batches of at
     most ``batch_size`` as ``max_memory`` allows (:func:`memory_plan`; what it decided goes into
-    ``memory_report`` when given). Zeros are
+    ``memory_report`` when given), on ``device`` (:func:`smof_onnx.learn.device.resolve`, with
+    ``amp``; data-parallel under torchrun: :mod:`.distributed`). Zeros are
     kept by masking the gradients (Adam then never moves them: its moments stay 0) and
     re-zeroing after each step. ``data``: anything
     :func:`smof_onnx.data.as_calibration` takes. Seeded: same seed, same bytes.
@@ -160,8 +180,13 @@ def finetune_fixed(model: onnx.ModelProto, data, epochs: int, *, lr: float | Non
         out = onnx.ModelProto()
         out.CopyFrom(model)
         return out
+    from .device import resolve
+
+    runtime = resolve(device, amp)
+    distributed.setup(runtime.device)
     settings = TrainSettings(search_epochs=0, finetune_epochs=int(epochs), lr=lr or 1e-3, batch_size=batch_size,
-                             seed=seed, progress=progress_bars, feature_weight=float(feature_distill))
+                             seed=seed, progress=progress_bars, feature_weight=float(feature_distill),
+                             runtime=runtime)
     teacher = model if teacher is None else teacher
     freed = [free_batch(m, calib.inputs) for m in ((model,) if teacher is model else (model, teacher))]
     batching = next((b for b in freed if not b.free), freed[0])  # both train freed, or both as given
@@ -170,10 +195,10 @@ def finetune_fixed(model: onnx.ModelProto, data, epochs: int, *, lr: float | Non
     settings, plan, guard = memory_plan(run_student, calib, settings, max_memory)
     with torch.random.fork_rng(devices=[]), torch_threads(threads):
         torch.manual_seed(seed)
-        teacher_module = OnnxModule(run_teacher).eval()
-        targets = teacher_outputs(teacher_module, calib, settings.batch_size)
+        teacher_module = OnnxModule(run_teacher).eval().to(runtime.device)
+        targets = teacher_probe(teacher_module, calib, settings.batch_size)
         check_labels(calib.labels, targets)
-        student = OnnxModule(run_student).eval()
+        student = OnnxModule(run_student).eval().to(runtime.device)
         attach_feature_taps(student, teacher_module, model, settings)
         params = [p for _, p in student.named_onnx_parameters()]
         keep = [(p, (p.detach() != 0).to(p.dtype)) for p in params if p.is_floating_point()]
@@ -193,4 +218,6 @@ def finetune_fixed(model: onnx.ModelProto, data, epochs: int, *, lr: float | Non
         fold_batchnorm(bn, student, calib, settings)
         if memory_report is not None:
             memory_report.update(plan.report(), **guard.report())
-        return student.state_to_onnx(model)  # the trained weights in the user's graph, batch as it was
+        out = student.state_to_onnx(model)  # the trained weights in the user's graph, batch as it was
+    distributed.finish()  # every rank at a barrier; rank 0 goes on to cut and write
+    return out

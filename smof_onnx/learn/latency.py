@@ -6,7 +6,8 @@ Rules:
   1x3, 1x1) and a grid of channel counts (fractions of the original, rounded to the
   channel multiple). A depthwise conv (group == Cin == Cout) keeps Cin == Cout, so its grid
   has one channel axis.
-- Each cell is the median time of a single-Conv model (random weights, pads reduced by the
+- Each cell is the median time (at most :data:`MAX_RUNS` runs) of a single-Conv model
+  (random weights, pads reduced by the
   cut rule of design 3.1, so the output size is the original's) run by ONNX Runtime with
   graph optimisations on, ``allow_spinning = 0`` and ``threads`` intra-op threads.
 - ``LatencyTable.predict(choices)`` sums the layers' times: exact for a measured kernel,
@@ -122,6 +123,32 @@ def conv_sites(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]
     return sites
 
 
+def _out_area(site: ConvSite) -> int:
+    area = 1
+    for i, k in enumerate(site.weight_shape[2:]):
+        span = site.dilations[i] * (k - 1) + 1
+        size = site.input_shape[2 + i] + site.pads[i] + site.pads[i + len(site.weight_shape) - 2]
+        area *= max(1, (size - span) // site.strides[i] + 1)
+    return area
+
+
+def cell_bytes(site: ConvSite, batch: int) -> int:
+    """Estimated bytes one table cell of ``site`` holds at ``batch`` (the full layer, the largest
+    cell): its input and output, the weights and one image's im2col buffer (ONNX Runtime's CPU
+    conv unfolds one image at a time for a kernel larger than 1)."""
+    cout, cin_g = site.weight_shape[0], site.weight_shape[1]
+    out_area = _out_area(site)
+    in_area = int(np.prod(site.input_shape[2:]))
+    kernel = int(np.prod(site.weight_shape[2:]))
+    unfold = cin_g * kernel * out_area if kernel > 1 else 0
+    return 4 * (batch * (site.input_shape[1] * in_area + cout * out_area) + unfold + int(np.prod(site.weight_shape)))
+
+
+def table_peak_bytes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]], batch: int) -> int:
+    """The largest :func:`cell_bytes` of the table of ``model`` measured at ``batch``."""
+    return max((cell_bytes(s, batch) for s in conv_sites(model, input_shapes)), default=0)
+
+
 def kernel_candidates(kernel: Sequence[int]) -> list[tuple[int, ...]]:
     """Kernels reachable by removing whole rings per axis (symmetric): 3 -> 1, 5 -> 3 -> 1."""
     per_axis = [list(range(k, 0, -2)) for k in kernel]
@@ -163,8 +190,13 @@ def micro_conv(site: ConvSite, kernel: Sequence[int], cin: int, cout: int, batch
     return model, {"x": rng.standard_normal(x_shape).astype(np.float32)}
 
 
-def time_model(model: onnx.ModelProto, feed: dict, threads: int, budget_s: float, warmup: int) -> float:
-    """Median milliseconds of ``model`` on ``feed`` (ORT, optimisations on, no spinning)."""
+MAX_RUNS = 200  # runs per cell at most: a tiny conv's median is stable long before budget_s
+
+
+def time_model(model: onnx.ModelProto, feed: dict, threads: int, budget_s: float, warmup: int,
+               max_runs: int = MAX_RUNS) -> float:
+    """Median milliseconds of ``model`` on ``feed`` (ORT, optimisations on, no spinning): at
+    least 5 runs, then until ``budget_s`` seconds or ``max_runs`` runs."""
     sess = ort.InferenceSession(model.SerializeToString(), session_options(True, threads),
                                 providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
@@ -172,7 +204,7 @@ def time_model(model: onnx.ModelProto, feed: dict, threads: int, budget_s: float
         sess.run(names, feed)
     times = []
     start = time.perf_counter()
-    while len(times) < 5 or time.perf_counter() - start < budget_s:
+    while len(times) < 5 or (time.perf_counter() - start < budget_s and len(times) < max_runs):
         t0 = time.perf_counter()
         sess.run(names, feed)
         times.append((time.perf_counter() - t0) * 1e3)
@@ -258,22 +290,13 @@ def _cache_key(model: onnx.ModelProto, input_shapes, config: LatencyConfig) -> t
     h = hashlib.sha256(model.SerializeToString(deterministic=True))
     settings = {"shapes": {k: list(v) for k, v in sorted(input_shapes.items())}, "batch": config.batch,
                 "fractions": list(config.channel_fractions), "multiple": config.channel_multiple,
-                "budget_s": config.budget_s}
+                "budget_s": config.budget_s, "max_runs": MAX_RUNS}
     h.update(json.dumps([settings, machine], sort_keys=True).encode())
     return h.hexdigest()[:24], {"machine": machine, "settings": settings}
 
 
-def measure_table(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]],
-                  config: LatencyConfig = LatencyConfig(), *, use_cache: bool = True,
-                  progress: Callable[[int, int], None] | None = None) -> LatencyTable:
-    """Measure (or load from the cache) the latency table of every Conv of ``model``."""
-    key, meta = _cache_key(model, input_shapes, config)
-    path = cache_dir(config) / f"{key}.json"
-    if use_cache and path.is_file():
-        try:
-            return LatencyTable.from_json(path.read_text())
-        except (ValueError, KeyError):
-            pass  # a corrupt entry is measured again
+def _plans(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]], config: LatencyConfig) -> list:
+    """(site, table row, cells, batch) of every timed Conv: the grid :func:`measure_table` times."""
     sites = conv_sites(model, input_shapes)
     plans = []
     for site in sites:
@@ -295,6 +318,48 @@ def measure_table(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[in
         row.update(kernels=[list(k) for k in kernels], full=[cin, cout], batch=batch,
                    input_shape=list(site.input_shape))
         plans.append((site, row, cells, batch))
+    return plans
+
+
+ESTIMATE_MACS_PER_S = 1e10  # a conservative CPU rate for :func:`table_seconds` (2 threads)
+
+
+def table_seconds(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]],
+                  config: LatencyConfig = LatencyConfig()) -> float:
+    """Estimated seconds :func:`measure_table` takes without a cache: per distinct cell,
+    ``warmup`` runs plus ``max(5 runs, budget_s)`` (at most :data:`MAX_RUNS`), a run taking its
+    multiply-adds at :data:`ESTIMATE_MACS_PER_S`."""
+    cells = {}
+    for site, _, grid, batch in _plans(model, input_shapes, config):
+        out_area = _out_area(site)
+        for k, a, b in grid:
+            group = a if site.depthwise else site.group
+            cells[(_geometry(site), k, a, b, batch)] = batch * b * (a // group) * int(np.prod(k)) * out_area
+    total = 0.0
+    for macs in cells.values():
+        run = macs / ESTIMATE_MACS_PER_S
+        total += config.warmup * run + min(max(5 * run, config.budget_s), MAX_RUNS * run)
+    return total
+
+
+def is_cached(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]], config: LatencyConfig) -> bool:
+    """Whether :func:`measure_table` would read the table from the cache."""
+    key, _ = _cache_key(model, input_shapes, config)
+    return (cache_dir(config) / f"{key}.json").is_file()
+
+
+def measure_table(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]],
+                  config: LatencyConfig = LatencyConfig(), *, use_cache: bool = True,
+                  progress: Callable[[int, int], None] | None = None) -> LatencyTable:
+    """Measure (or load from the cache) the latency table of every Conv of ``model``."""
+    key, meta = _cache_key(model, input_shapes, config)
+    path = cache_dir(config) / f"{key}.json"
+    if use_cache and path.is_file():
+        try:
+            return LatencyTable.from_json(path.read_text())
+        except (ValueError, KeyError):
+            pass  # a corrupt entry is measured again
+    plans = _plans(model, input_shapes, config)
     measured: dict[tuple, float] = {}
     todo = {(_geometry(site), k, a, b, batch): (site, k, a, b, batch) for site, _, cells, batch in plans
             for k, a, b in cells}

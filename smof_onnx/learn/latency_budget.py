@@ -110,6 +110,46 @@ class LatencyBudget:
         return out
 
 
+    def layer_ms(self, e: np.ndarray) -> dict[str, float]:
+        """Predicted milliseconds per timed conv for binary effective gates ``e``."""
+        e = np.asarray(e, np.float64)
+        out = {}
+        for lay in self.layers:
+            kernel = list(lay.kernel)
+            for a, idx in lay.axes:
+                kernel[a] = kernel[a] - 2 * len(idx) + 2 * int(np.round(e[list(idx)]).sum())
+            out[lay.name] = self._layer_ms(lay, tuple(kernel), *self._channels(lay, e))
+        return out
+
+    def slower_counts(self, space: GateSpace, h: np.ndarray, tolerance: float = 0.01) -> list[dict]:
+        """Channel families that ``h`` leaves at a count the table predicts is not faster than
+        the next allowed larger count (more than ``tolerance`` of the model's time would not be
+        lost by keeping more): the counts the runtime's blocking punishes."""
+        out = []
+        base = self.ms(space.effective(h))
+        for fam in space.families:
+            idx = np.asarray(fam.gates)
+            kept = int((h[idx] >= 0.5).sum())
+            larger = [a for a in fam.allowed() if a > kept]
+            if not larger:
+                continue
+            g = np.asarray(h, np.float64).copy()
+            g[idx[h[idx] < 0.5][:larger[0] - kept]] = 1.0
+            ms = self.ms(space.effective(g))
+            if ms <= base + tolerance * self.total:
+                out.append({"tensors": list(fam.tensors[:3]), "kept": fam.base + kept,
+                            "larger": fam.base + larger[0], "ms": round(base, 4), "ms_larger": round(ms, 4)})
+        return out
+
+
+def table_config(space: GateSpace, batch: int, threads: int = DEFAULT_THREADS, budget_s: float = 0.1,
+                 cache_dir: str | None = None) -> LatencyConfig:
+    """The grid :func:`build_latency_budget` times: every channel count the gates reach."""
+    mult = space.multiple if space.multiple >= 1 else 8  # auto: 8 covers 16
+    return LatencyConfig(threads=threads, batch=batch, budget_s=budget_s, channel_multiple=mult,
+                         channel_fractions=tuple(np.arange(2, 9) / 8), cache_dir=cache_dir)
+
+
 def build_latency_budget(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]], terms, space: GateSpace, *,
                          batch: int, threads: int = DEFAULT_THREADS, budget_s: float = 0.1,
                          cache_dir: str | None = None, progress=None) -> LatencyBudget:
@@ -121,10 +161,7 @@ def build_latency_budget(model: onnx.ModelProto, shapes: Mapping[str, Sequence[i
     not interpolated over.
     """
     bench = {k: [batch, *list(v)[1:]] for k, v in shapes.items()}
-    mult = space.multiple if space.multiple >= 1 else 8  # auto: 8 covers 16
-    config = LatencyConfig(threads=threads, batch=batch, budget_s=budget_s, channel_multiple=mult,
-                           channel_fractions=tuple(np.arange(2, 9) / 8), cache_dir=cache_dir)
-    table = measure_table(model, bench, config, progress=progress)
+    table = measure_table(model, bench, table_config(space, batch, threads, budget_s, cache_dir), progress=progress)
     weight_of = {n.name: n.input[1] for n in model.graph.node if n.op_type == "Conv" and len(n.input) > 1}
     layers = []
     for t in terms:

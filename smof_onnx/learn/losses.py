@@ -20,6 +20,8 @@ Losses (per graph output o, student s = the gated model, teacher t = the origina
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import onnx
 import torch
@@ -27,6 +29,7 @@ from torch.nn import functional as F
 
 from ..errors import DataError
 from ..selection.taps import feature_taps
+from . import distributed
 from .batches import make_batch
 from .settings import TrainSettings
 
@@ -62,7 +65,7 @@ def distill_loss(student, teacher, kinds: list[str], temperature: float = 1.0) -
             loss = loss + T * T * F.kl_div(F.log_softmax(s / T, 1), F.log_softmax(t / T, 1), reduction="batchmean",
                                            log_target=True)
         else:
-            loss = loss + ((s - t) ** 2).mean() / ((t ** 2).mean() + 1e-8)
+            loss = loss + ((s - t) ** 2).mean() / (distributed.global_mean(t ** 2) + 1e-8)
     return loss
 
 
@@ -74,31 +77,43 @@ def task_loss(student, teacher, kinds, labels: torch.Tensor | None, temperature:
     return loss
 
 
-def batch_loss(module, data, batch, teacher, teacher_module, gen, kinds, settings):
+def batch_loss(module, feeds, labels, teacher_module, gen, kinds, settings, runner=None, runtime=None,
+               teacher=None, idx=None):
     """The training loss of one batch: distillation (+ cross-entropy with labels) on mixed inputs,
-    plus ``feature_weight`` times :func:`feature_loss` when the modules tap features."""
-    feeds, target_out, labels, target_taps = make_batch(module, data, batch, teacher, teacher_module, gen,
-                                                        settings.mix)
-    loss = task_loss(module(*feeds), target_out, kinds, labels, settings.temperature)
+    plus ``feature_weight`` times :func:`feature_loss` when the modules tap features. ``runner``:
+    what runs the forward pass (``module`` in DistributedDataParallel under torchrun)."""
+    feeds, target_out, labels, target_taps = make_batch(feeds, labels, teacher_module, gen, settings.mix, runtime,
+                                                        teacher, idx)
+    auto = runtime.autocast() if runtime is not None else contextlib.nullcontext()
+    with auto:
+        out = (runner or module)(*feeds)
+    loss = task_loss(out, target_out, kinds, labels, settings.temperature)
     if target_taps:
         loss = loss + settings.feature_weight * feature_loss(module.tapped, target_taps)
     return loss
 
 
-def backward_batch(module, data, idx: np.ndarray, teacher, teacher_module, gen, kinds, settings: TrainSettings,
-                   split: int = 1) -> float:
-    """The loss of the batch ``idx`` and its gradients (``backward``); in ``split`` micro-batches
+def backward_batch(module, feeds, labels, teacher_module, gen, kinds, settings: TrainSettings,
+                   split: int = 1, runner=None, runtime=None, scaler=None, teacher=None, idx=None) -> float:
+    """The loss of the batch (``feeds``, ``labels``) and its gradients (``backward``, through
+    ``scaler`` under float16 autocast); in ``split`` micro-batches
     (:class:`smof_onnx.learn.memory.MemoryGuard`) whose losses, weighted by their share of the
     batch, add up to the batch's loss, and so do the gradients (mixes pair samples within a
-    micro-batch). Returns the loss."""
-    if split <= 1:
-        loss = batch_loss(module, data, idx, teacher, teacher_module, gen, kinds, settings)
-        loss.backward()
-        return loss.item()
+    micro-batch). Under DistributedDataParallel the gradients are exchanged at the last
+    micro-batch only. ``teacher`` / ``idx``: precomputed targets, without ``teacher_module``
+    (:func:`make_batch`). Returns the loss."""
+    n = len(feeds[0])
+    parts = np.array_split(np.arange(n), min(max(1, split), n))
     total = 0.0
-    for part in np.array_split(idx, min(split, len(idx))):
-        loss = batch_loss(module, data, part, teacher, teacher_module, gen, kinds, settings) * (len(part) / len(idx))
-        loss.backward()
+    for k, part in enumerate(parts):
+        sel = torch.as_tensor(part, device=feeds[0].device)
+        f = feeds if len(parts) == 1 else [x[sel] for x in feeds]
+        lab = labels if len(parts) == 1 or labels is None else labels[sel.to(labels.device)]
+        sync = runner is not None and hasattr(runner, "no_sync") and k < len(parts) - 1
+        with runner.no_sync() if sync else contextlib.nullcontext():
+            loss = batch_loss(module, f, lab, teacher_module, gen, kinds, settings, runner, runtime, teacher,
+                              None if idx is None else np.asarray(idx)[part]) * (len(part) / n)
+            (scaler.scale(loss) if scaler is not None else loss).backward()
         total += loss.item()
     return total
 
@@ -118,6 +133,6 @@ def attach_feature_taps(student, teacher_module, model: onnx.ModelProto, setting
 def feature_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean over the taps of ``mean((s - t)^2) / mean(t^2)``. A channel the gates removed reads 0
     in the student: its term is constant, so it pulls on nothing."""
-    terms = [((student[k].float() - t.float()) ** 2).mean() / (t.float().pow(2).mean() + 1e-8)
+    terms = [((student[k].float() - t.float()) ** 2).mean() / (distributed.global_mean(t.float().pow(2)) + 1e-8)
              for k, t in teacher.items()]
     return torch.stack(terms).mean()

@@ -5,6 +5,8 @@ weight transforms (``w * mask`` over the spatial dims, ring levels nested by pro
 gates are hooks on the producers' output tensors (``t * m[slot]`` along the channel axis).
 ``m`` is a leaf tensor with ``requires_grad``, so after ``backward`` its gradient is the
 first-order sensitivity of the loss to each gate (the learning stage's importance signal).
+The gates live on the module's device; :attr:`Masks.grad` is the gradient on the CPU, averaged
+over the ranks under torchrun (:mod:`.distributed`), so every rank scores the gates alike.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import numpy as np
 import torch
 
 from ..selection.gates import GateSpace
+from . import distributed
 
 __all__ = ["Masks"]
 
@@ -20,6 +23,8 @@ class Masks:
     def __init__(self, space: GateSpace, module, h: np.ndarray | None = None):
         self.space = space
         self.module = module
+        p = next(iter(module.parameters()), None)
+        self.device = p.device if p is not None else torch.device("cpu")
         self.m = torch.ones(space.size + 1)  # the extra last entry is the constant 1 of ungated channels
         self.set(np.ones(space.size) if h is None else h)
         self._axis_gates = {w: [(a, space.axes.get((w, a), [])) for a in range(len(shape) - 2)]
@@ -27,18 +32,21 @@ class Masks:
         for weight in self._axis_gates:
             module.set_weight_transform(weight, self._transform(weight))
         for tensor, (axis, rank, idx) in space.hooks.items():
-            pos = torch.as_tensor(np.where(idx < 0, space.size, idx), dtype=torch.long)
+            pos = torch.as_tensor(np.where(idx < 0, space.size, idx), dtype=torch.long, device=self.device)
             shape = [1] * rank
             shape[axis] = -1
             module.set_hook(tensor, self._hook(pos, shape))
 
     def set(self, h: np.ndarray, requires_grad: bool = False) -> None:
         vals = np.concatenate([np.asarray(h, np.float32), [1.0]]).astype(np.float32)
-        self.m = torch.from_numpy(vals).requires_grad_(requires_grad)
+        self.m = torch.from_numpy(vals).to(self.device).requires_grad_(requires_grad)
 
     @property
     def grad(self) -> np.ndarray | None:
-        return None if self.m.grad is None else self.m.grad[:-1].detach().numpy().astype(np.float64)
+        if self.m.grad is None:
+            return None
+        g = distributed.all_mean(self.m.grad[:-1].detach().clone())
+        return g.cpu().numpy().astype(np.float64)
 
     def _transform(self, weight: str):
         spatial = self.space.weight_shapes[weight][2:]

@@ -193,10 +193,19 @@ class MemoryPlan:
 
 def plan(model: onnx.ModelProto, sample_shapes: Mapping[str, Sequence[int]], requested_batch: int, *,
          max_memory: Any = None, mix: bool = True, fixed_batch: bool = False, rss: int | None = None,
-         available: int | None = None) -> MemoryPlan:
+         available: int | None = None, device: Any = None) -> MemoryPlan:
     """The largest batch of at most ``requested_batch`` whose estimated peak fits the budget
     (module docstring); ``fixed_batch``: the model runs only its own batch, which is kept (and
-    must fit). Raises :class:`UsageError` when even one sample does not fit."""
+    must fit). Raises :class:`UsageError` when even one sample does not fit. On a CUDA ``device``
+    the budget and the use are the GPU's (free memory from ``torch.cuda.mem_get_info``, the
+    memory PyTorch has allocated there instead of the RSS)."""
+    if device is not None and getattr(device, "type", "cpu") == "cuda":
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(device)
+        used = int(torch.cuda.memory_allocated(device))
+        available = free if available is None else available
+        rss = used if rss is None else rss
     if max_memory is not None:
         budget, source = parse_memory(max_memory), "--max-memory"
     else:
@@ -239,7 +248,11 @@ class MemoryGuard:
     :attr:`split` (each batch runs as that many micro-batches, gradients added up). ``budget``
     0 or None: never splits."""
 
-    def __init__(self, budget: int | None, rss=current_rss):
+    def __init__(self, budget: int | None, rss=current_rss, device: Any = None):
+        if device is not None and getattr(device, "type", "cpu") == "cuda":
+            import torch
+
+            rss = lambda: int(torch.cuda.memory_reserved(device))  # noqa: E731 - the GPU's, not the host's
         self.budget = int(budget or 0)
         self.split = 1
         self.peak = 0

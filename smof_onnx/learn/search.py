@@ -14,11 +14,15 @@ Search (``epochs`` passes over the training split), with the weights training al
    changed the selection (VGG then keeps both 28x28 convs whole and cuts the 14x14 / 7x7 ones)
    but not the accuracy beyond the seed noise: over five seeds VGG 90.66% against 90.55%,
    ResNet-20 91.32% against 91.32%. So the batch gradient, which costs nothing extra, stays.
-3. *Cost* of gate i: ``d ratio / d g_i`` of the differentiable budget (:mod:`.budget`) at all
-   gates kept: the FLOPs fraction dropping it saves (an inner ring includes the rings outside it),
-   channel gates' scaled by ``channel_cost``. With a latency target, the predicted-latency
-   saving instead (:meth:`.latency_budget.LatencyBudget.costs`), and the latency target ramps
-   down with the FLOPs one.
+3. *Cost* of gate i: with a latency table (``latency``, smof's default), the predicted time on
+   the target runtime that dropping it saves (:meth:`.latency_budget.LatencyBudget.costs`); with
+   a latency target too, that target ramps down with the FLOPs one. Without a table,
+   ``d ratio / d g_i`` of the differentiable budget (:mod:`.budget`) at all gates kept: the
+   FLOPs fraction dropping it saves (an inner ring includes the rings outside it), channel
+   gates' scaled by ``channel_cost``. The FLOPs target stays the constraint either way.
+   At the end of the ramp and of the search the rings' importances are put on the channel
+   gates' scale by measuring the loss of dropping each (:mod:`.ring_calibration`; without it
+   the selection kept every ring of ResNet-20).
    Dividing by ``cost ** 0.5`` instead was tried (2026-11-23) against the bias towards
    cutting expensive high-resolution layers (on the bench VGG at 0.5, ``importance / cost``
    halves both 28x28 convs to 8 channels). With 4096 images, 1 + 3 epochs, power 0.5 against
@@ -44,9 +48,11 @@ import torch
 
 from ..data import CalibrationData
 from ..selection.select import Problem, fit_budget
-from .batches import epoch_batches, feeds_of
+from . import distributed
+from .batches import steps_per_epoch as epoch_steps, train_batches
 from .losses import backward_batch, output_kinds
 from .masking import Masks
+from .ring_calibration import calibrate_rings
 from .settings import Progress, TrainSettings
 
 __all__ = ["search", "gate_costs"]
@@ -71,28 +77,32 @@ def search(problem: Problem, module, data: CalibrationData, teacher: list[torch.
            guard=None) -> np.ndarray:
     """Train the gated module under a decreasing budget; returns the per-gate scores.
 
-    With ``latency`` (a :class:`.latency_budget.LatencyBudget`) and ``latency_target``, the
-    predicted latency ramps down too and the gate costs are its savings, not FLOPs."""
+    With ``latency`` (a :class:`.latency_budget.LatencyBudget`) the gate costs are its predicted
+    time savings, not FLOPs; with ``latency_target`` too, the predicted latency ramps down."""
     space = problem.space
     masks = Masks(space, module)
-    steps_per_epoch = math.ceil(len(data) / settings.batch_size)
+    steps_per_epoch = epoch_steps(len(data), settings)
     steps = settings.search_epochs * steps_per_epoch
     use_latency = latency is not None and latency_target is not None
-    cost = latency.costs(space) if use_latency else gate_costs(problem, settings.channel_cost)
+    cost = latency.costs(space) if latency is not None else gate_costs(problem, settings.channel_cost)
     cost = np.maximum(cost, 1e-9)
+    factor = np.ones(space.size)  # ring importances on the channels' scale (:mod:`.ring_calibration`)
+    calibrate_at = int(settings.ramp * steps) if settings.calibrate_rings else -1
     module.train()  # only train-mode normalisers (:mod:`.batchnorm`) care
     opt = torch.optim.Adam(list(module.parameters()), lr=settings.lr)
     kinds = output_kinds(tuple(t[:1] for t in teacher))
-    batches = epoch_batches(data, settings)
+    batches = train_batches(module, data, settings)  # ``teacher``: its outputs on the first samples
+    runner, runtime = distributed.wrap(module), settings.runtime
+    scaler = runtime.scaler() if runtime is not None else None
 
     imp = np.zeros(space.size)
     gen = torch.Generator().manual_seed(settings.seed)
     n_prior = min(settings.prior_batches, steps_per_epoch)
     masks.set(np.ones(space.size), requires_grad=True)
     for _ in range(n_prior):
-        idx = next(batches)
-        outs = module(*feeds_of(data, module.input_names, idx))
-        proj = sum((torch.randn(o.shape, generator=gen) * o.float()).sum() / (t.float().pow(2).mean().sqrt() + 1e-8)
+        _, feeds, _ = next(batches)
+        outs = module(*feeds)
+        proj = sum((_random_like(o, gen) * o.float()).sum() / (t.float().pow(2).mean().sqrt() + 1e-8)
                    for o, t in zip(outs, teacher))
         proj.backward()
         imp += _normalised(masks.grad) / n_prior
@@ -101,26 +111,47 @@ def search(problem: Problem, module, data: CalibrationData, teacher: list[torch.
     bar = Progress(steps, "smof search", settings.progress)
     ratio = 1.0
     for step in range(steps):
+        if step == calibrate_at:
+            factor = calibrate_rings(space, module, masks, data, teacher_module, imp, h, settings.batch_size,
+                                     whole_batches=settings.whole_batches)
         if step % settings.reselect_every == 0:
             frac = min(1.0, (step + 1) / max(1, settings.ramp * steps))
             tau = 1 - (1 - target) * frac
             extra = [(latency, 1 - (1 - latency_target) * frac)] if use_latency else []
-            score = imp / cost
+            score = imp * factor / cost
             h = fit_budget(problem, np.ones(space.size), score, tau, extra)
             ratio = float(problem.budget.ratio(space.effective(h)))
         masks.set(h, requires_grad=True)
         opt.zero_grad(set_to_none=True)
-        idx = next(batches)
-        loss = backward_batch(module, data, idx, teacher, teacher_module, gen, kinds, settings,
-                              guard.split if guard else 1)
-        opt.step()
-        imp = settings.ema * imp + (1 - settings.ema) * _normalised(masks.grad)
+        idx, feeds, labels = next(batches)
+        loss = backward_batch(module, feeds, labels, teacher_module, gen, kinds, settings,
+                              guard.split if guard else 1, runner, runtime, scaler, teacher, idx)
+        grad = masks.grad
+        if scaler is not None:  # float16 autocast: an overflowed step is skipped, and its gate gradients
+            scaler.step(opt)
+            scaler.update()
+            grad = grad if grad is not None and np.isfinite(grad).all() else None
+        else:
+            opt.step()
+        if grad is not None:
+            imp = settings.ema * imp + (1 - settings.ema) * _normalised(grad)
         bar.update(loss=loss, flops=ratio)
         if guard is not None:
-            guard.check(1 if settings.whole_batches else len(idx), step)
+            guard.check(1 if settings.whole_batches else len(feeds[0]), step)
     bar.close()
+    if settings.calibrate_rings and steps:
+        factor = calibrate_rings(space, module, masks, data, teacher_module, imp, h, settings.batch_size,
+                                     whole_batches=settings.whole_batches)
     masks.remove()
-    return imp / cost
+    return imp * factor / cost
+
+
+def _random_like(o: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """N(0, 1) noise shaped like ``o``, drawn on the CPU from ``gen``; under torchrun drawn for the
+    global batch and this rank's rows taken (:mod:`.distributed`), so the ranks add up to a plain run."""
+    world = distributed.current()
+    r = torch.randn((o.shape[0] * world.size, *o.shape[1:]), generator=gen)
+    return (r[world.rank::world.size] if world.active else r).to(o.device)
 
 
 def _normalised(grad: np.ndarray | None) -> np.ndarray:

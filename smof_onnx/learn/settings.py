@@ -34,6 +34,8 @@ class TrainSettings:
     batchnorm: bool = True
     feature_weight: float = 0.0
     whole_batches: bool = False
+    runtime: object = None  # :class:`.device.Runtime` (None: the CPU, no autocast)
+    calibrate_rings: bool = True  # :mod:`.ring_calibration` (False: the raw importances, for benches)
 
 
 def batched(settings: TrainSettings, batching: Batching) -> TrainSettings:

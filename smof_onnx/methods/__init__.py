@@ -69,9 +69,13 @@ class CompressConfig:
     2 threads slowed from 5 to 0.25 steps/s (spin-waiting threads); ``threads=1`` avoids that.
     ``max_memory``: the learning stage's memory budget, bytes or a size such as ``"4G"`` (None: half
     the available memory; :mod:`smof_onnx.learn.memory`); the batch is lowered to fit it.
+    ``no_latency``: smof scores gates by the FLOPs they save instead of the time the measured
+    latency table predicts they save (the default, :mod:`smof_onnx.methods.latency`).
     ``feature_distill``: weight of the stage-output distillation (each stage's output matched
     to the original's, :func:`smof_onnx.selection.taps.feature_taps`; None: :data:`FEATURE_DISTILL`, 0: off) in the
     training of smof and in the fine-tune of ``l2`` and ``qr`` with data.
+    ``device``: where PyTorch trains (smof, and l2's fine-tune): ``auto`` / None (CUDA when
+    available), ``cpu``, ``cuda``, ``cuda:N``; ``amp``: CUDA autocast (:mod:`smof_onnx.learn.device`).
     """
 
     target_flops: float = 0.5
@@ -91,6 +95,9 @@ class CompressConfig:
     input_shapes: Mapping[str, Sequence[int]] | None = None
     progress_bars: bool = True
     max_memory: int | str | None = None
+    no_latency: bool = False
+    device: str | None = None
+    amp: bool = False
 
     def __post_init__(self):
         # Types first (API callers pass anything; a NaN epoch count would pass every comparison below).
@@ -130,6 +137,15 @@ class CompressConfig:
             from ..learn.memory import parse_memory  # torch-free
 
             parse_memory(self.max_memory)  # a clear --max-memory error before any work
+        if self.no_latency and self.target_latency is not None:
+            raise UsageError("--no-latency and --target-latency contradict each other: a latency target needs the "
+                             "measured latency table; leave one of them out")
+        if self.device is not None or self.amp:
+            from ..learn.device import parse_device  # torch-free spelling check; availability when training
+
+            parse_device(self.device)
+        if not isinstance(self.amp, bool):
+            raise UsageError(f"--amp {self.amp!r}: must be true or false")
         if not (self.kernel or self.channel):
             raise UsageError("--no-kernel together with --no-channel leaves nothing to compress")
 
@@ -159,12 +175,13 @@ def config_from_options(config: CompressConfig | None = None, **options: Any) ->
 _ALWAYS = frozenset({"target_flops", "seed", "input_shapes", "progress_bars"})
 _SELECTION = frozenset({"kernel", "channel", "channel_multiple"})
 _LATENCY = frozenset({"target_latency", "bench_batch"})
-_TRAINING = frozenset({"finetune_epochs", "lr", "batch_size", "val_split", "threads", "feature_distill", "max_memory"})
+_TRAINING = frozenset({"finetune_epochs", "lr", "batch_size", "val_split", "threads", "feature_distill", "max_memory",
+                       "device", "amp"})
 _QR_FINETUNE = frozenset({"lr", "feature_distill", "max_memory"})  # read only when qr fine-tunes
 METHOD_OPTIONS: dict[str, dict[str, frozenset[str]]] = {
     # "data" / "no_data": the options read with and without calibration data
-    "smof": {"data": _SELECTION | _LATENCY | _TRAINING | {"epochs"},
-             "no_data": _SELECTION | _LATENCY | _TRAINING | {"epochs"}},  # smof refuses to run without data
+    "smof": {"data": _SELECTION | _LATENCY | _TRAINING | {"epochs", "no_latency"},
+             "no_data": _SELECTION | _LATENCY | _TRAINING | {"epochs", "no_latency"}},  # smof refuses to run without data
     "l2": {"data": _SELECTION | _LATENCY | _TRAINING, "no_data": _SELECTION | _LATENCY},
     "qr": {"data": frozenset({"channel_multiple", "batch_size", "val_split", "threads", "finetune_epochs"}) | _QR_FINETUNE},
 }
@@ -174,6 +191,7 @@ _WHY_NOT = {
     "channel": "it only cuts channels, so --no-channel would leave it nothing to do",
     "target_latency": "it meets a FLOPs target only (--target-flops)",
     "epochs": "it has no gate search (epochs are smof's search; use --finetune-epochs)",
+    "no_latency": "its scores never read the latency table (only smof's do)",
 }
 
 
@@ -200,8 +218,9 @@ def check_options(method: str, config: CompressConfig, given: set[str], has_data
             raise UsageError(f"{flag} is not used by --method {method}: {why or 'it does not read this option'}; "
                              f"leave it out (--method {method} reads: "
                              f"{', '.join(sorted(option_flag(f) for f in reads - _ALWAYS)) or 'no method options'})")
-        if field == "bench_batch" and config.target_latency is None:
-            raise UsageError(f"--bench-batch is read only with --target-latency (--method {method}); add "
+        if field == "bench_batch" and config.target_latency is None and (method != "smof" or config.no_latency):
+            raise UsageError(f"--bench-batch is read only with --target-latency (--method {method}"
+                             f"{', or without --no-latency' if method == 'smof' else ''}); add "
                              "--target-latency or leave it out")
         if method == "qr" and field in _QR_FINETUNE and not config.finetune_epochs:
             raise UsageError(f"{flag} is read by --method qr only when it fine-tunes; add --finetune-epochs N "

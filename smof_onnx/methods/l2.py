@@ -180,7 +180,8 @@ def _finetune(problem, calib, h: np.ndarray, config: CompressConfig):
     tuned = train.finetune_fixed(zeroed, train_set, settings.finetune_epochs, lr=settings.lr,
                                  batch_size=settings.batch_size, seed=config.seed,
                                  progress_bars=settings.progress, teacher=problem.model,
-                                 threads=config.threads, feature_distill=settings.feature_weight)
+                                 threads=config.threads, feature_distill=settings.feature_weight,
+                                 device=config.device, amp=config.amp)
     quality = None
     if val_set is not None:
         before = train.predict(OnnxModule(problem.model).eval(), val_set, settings.batch_size)

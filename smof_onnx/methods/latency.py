@@ -1,5 +1,8 @@
 """``--target-latency``: shared by the methods that select gates (``smof``, ``l2``). Torch-free.
 
+- :func:`scoring_latency`: smof's default gate scores read the predicted time each gate saves,
+  so the table is measured (or read from the cache) for every run unless ``--no-latency``; where
+  ONNX Runtime cannot time the convs it falls back to FLOPs and says why (``source``).
 - :func:`latency_budget`: None without ``target_latency``; else the predicted-latency budget of
   the problem's canonical model (:mod:`smof_onnx.learn.latency_budget`), its table measured by
   ONNX Runtime at ``bench_batch`` (:func:`bench_batch`: the model's own batch when its inputs fix
@@ -42,9 +45,11 @@ from ..errors import UnsupportedModelError
 from ..learn.latency_budget import DEFAULT_THREADS, LatencyBudget, build_latency_budget
 from . import CompressConfig
 
-__all__ = ["latency_budget", "latency_report", "correct_by_measurement", "Correction", "bench_batch"]
+__all__ = ["latency_budget", "scoring_latency", "latency_report", "correct_by_measurement", "Correction",
+           "bench_batch"]
 
 MEASURE_S = 4.0
+REPORT_S = 0.5  # the report's timing without a latency target: informative, not a contract
 # A timed model this far under the latency target (fraction of the original's time) is close
 # enough: a raised goal would cost another selection and timing for little accuracy.
 SLACK = 0.02
@@ -61,8 +66,92 @@ class Correction:
     rounds: list[dict]
 
 
-def latency_budget(problem, config: CompressConfig) -> LatencyBudget | None:
-    if config.target_latency is None:
+def scoring_latency(problem, config: CompressConfig) -> tuple[LatencyBudget | None, str]:
+    """smof's gate scores: the latency budget (measured or cached) and ``"measured"``, or None and
+    ``"flops (<why>)"`` with ``--no-latency`` or where ONNX Runtime cannot time the model's convs
+    one by one. With ``--target-latency`` a failure to measure is an error, not a fallback."""
+    if config.target_latency is not None:
+        return latency_budget(problem, config), "measured"
+    if config.no_latency:
+        return None, "flops (--no-latency)"
+    if not any(n.op_type == "Conv" for n in problem.model.graph.node):
+        return None, "flops (no Conv layer to time)"
+    batch, why = table_batch(problem, config)
+    if batch is None:
+        return None, f"flops ({why})"
+    try:
+        budget = latency_budget(problem, config, force=True, batch=batch)
+    except Exception as exc:  # noqa: BLE001 -- any runtime failure to time a layer means: score by FLOPs
+        return None, f"flops (ONNX Runtime could not time the layers: {type(exc).__name__}: {exc})"[:300]
+    if not budget.layers or budget.total <= 0:
+        return None, "flops (no Conv layer could be timed)"
+    return budget, "measured" if why is None else f"measured ({why})"
+
+
+TABLE_FACTOR = 3.0  # ONNX Runtime's arena and the feed's copies over a cell's estimated bytes
+# The longest a scoring table may take (estimated, :func:`smof_onnx.learn.latency.table_seconds`):
+# a lower batch first, else FLOPs scores. ResNet-20 (28x28) at batch 32 takes about 50 s here.
+TABLE_SECONDS = 180.0
+
+
+def memory_room(config: CompressConfig) -> int | None:
+    """Bytes the memory budget (``--max-memory``, else the learning stage's default,
+    :mod:`smof_onnx.learn.memory`) leaves above the process's memory now; None: unknown."""
+    from ..learn import memory
+
+    if config.max_memory is not None:
+        budget = memory.parse_memory(config.max_memory)
+    else:
+        avail = memory.available_memory()
+        if avail is None:
+            return None
+        budget = int(memory.DEFAULT_FRACTION * (avail + memory.current_rss()))
+    return budget - memory.current_rss()
+
+
+def table_batch(problem, config: CompressConfig) -> tuple[int | None, str | None]:
+    """The batch the scoring table is timed at: :func:`bench_batch`, halved while its estimated
+    time exceeds :data:`TABLE_SECONDS` (unless cached) or
+    ``TABLE_FACTOR`` x its largest cell (:func:`smof_onnx.learn.latency.cell_bytes`) does not fit
+    in the memory budget (``--max-memory``, else the learning stage's default,
+    :mod:`smof_onnx.learn.memory`) above the process's memory now; a lower batch ranks the
+    layers alike (a conv's time grows with its batch). Returns (batch, why it was lowered) or
+    (None, why no table fits)."""
+    from ..learn import memory
+    from ..learn.latency import is_cached, table_peak_bytes, table_seconds
+    from ..learn.latency_budget import table_config
+
+    batch = bench_batch(problem, config)
+    room = memory_room(config)
+    if room is None:
+        return batch, None
+    fixed = fixed_batch(problem.model) is not None
+
+    def need(b: int) -> int:
+        return int(TABLE_FACTOR * table_peak_bytes(problem.model, problem.shapes, b))
+
+    def seconds(b: int) -> float:
+        config_b = table_config(problem.space, b)
+        bench = {k: [b, *list(v)[1:]] for k, v in problem.shapes.items()}
+        return 0.0 if is_cached(problem.model, bench, config_b) else table_seconds(problem.model, bench, config_b)
+
+    first = batch
+    while (need(batch) > room or seconds(batch) > TABLE_SECONDS) and batch > 1 and not fixed:
+        batch = max(1, batch // 2)
+    if need(batch) > room:
+        return None, (f"timing the largest layer at batch {batch} needs about {memory.format_bytes(need(batch))}, "
+                      f"more than the {memory.format_bytes(max(room, 0))} the memory budget leaves")
+    if seconds(batch) > TABLE_SECONDS:
+        return None, (f"timing every layer at batch {batch} would take about {seconds(batch):.0f} s, over the "
+                      f"{TABLE_SECONDS:.0f} s a scoring table may take; --target-latency times it regardless")
+    return batch, None if batch == first else f"timed at batch {batch}, not {first}, to fit the memory and time budgets"
+
+
+def latency_budget(problem, config: CompressConfig, force: bool = False, batch: int | None = None
+                   ) -> LatencyBudget | None:
+    """The latency budget with ``--target-latency`` (or ``force``), else None; its table is timed
+    at ``batch`` (default :func:`bench_batch`)."""
+    if config.target_latency is None and not force:
         return None
     bar = None
     if config.progress_bars:
@@ -80,7 +169,8 @@ def latency_budget(problem, config: CompressConfig) -> LatencyBudget | None:
 
     try:
         return build_latency_budget(problem.model, problem.shapes, problem.budget.terms, problem.space,
-                                    batch=bench_batch(problem, config), threads=DEFAULT_THREADS, progress=progress)
+                                    batch=batch or bench_batch(problem, config), threads=DEFAULT_THREADS,
+                                    progress=progress)
     finally:
         if bar is not None:
             bar.close()
@@ -91,14 +181,15 @@ def bench_batch(problem, config: CompressConfig) -> int:
     return fixed_batch(problem.model) or config.bench_batch
 
 
-def _measure(problem, zeroed: onnx.ModelProto, config: CompressConfig):
+def _measure(problem, zeroed: onnx.ModelProto, config: CompressConfig, budget_s: float | None = None,
+             batch: int | None = None):
     from ..verify import compare_latency
 
     cut = pgraph.to_model(pipeline.cut(pgraph.to_graph(zeroed), problem.shapes).graph)
-    batch = bench_batch(problem, config)
+    batch = batch or bench_batch(problem, config)
     bench = {k: [batch, *list(v)[1:]] for k, v in problem.shapes.items()}
     return compare_latency(problem.model, cut, bench, threads=DEFAULT_THREADS, batch=batch,
-                           budget_s=MEASURE_S)
+                           budget_s=MEASURE_S if budget_s is None else budget_s)
 
 
 def correct_by_measurement(problem, latency: LatencyBudget, scores: np.ndarray, h: np.ndarray, ratios: dict,
@@ -159,12 +250,40 @@ def correct_by_measurement(problem, latency: LatencyBudget, scores: np.ndarray, 
 
 
 def latency_report(problem, latency: LatencyBudget, zeroed: onnx.ModelProto, h: np.ndarray,
-                   config: CompressConfig) -> dict:
-    cmp = _measure(problem, zeroed, config)
+                   config: CompressConfig, source: str = "measured") -> dict:
+    """Predicted against measured time of the result (timed for :data:`MEASURE_S` seconds with a
+    latency target, :data:`REPORT_S` without), the table's ``source`` and the channel counts the
+    table predicts are no faster than the next larger one (``slower_counts``)."""
+    # the batch the table was timed at (lowered where memory is short, :func:`table_batch`)
+    batch = next((int(row["batch"]) for row in latency.table.layers.values() if "batch" in row), None)
+    batch = batch or bench_batch(problem, config)
+    if config.target_latency is None:  # informative: at a batch whose two sessions fit the memory budget
+        batch = _report_batch(problem, config, batch)
+    cmp = None if batch is None else _measure(problem, zeroed, config,
+                                              None if config.target_latency is not None else REPORT_S, batch)
     e = problem.space.effective(h)
-    return {"target": config.target_latency, "predicted_ratio": round(float(latency.ratio(e)), 4),
+    return {"source": source, "target": config.target_latency,
+            "slower_counts": latency.slower_counts(problem.space, h), "predicted_ratio": round(float(latency.ratio(e)), 4),
             "predicted_ms": round(float(latency.ms(e)), 4), "predicted_ms_before": round(float(latency.total), 4),
-            "measured_ratio": round(cmp.b.median_ms / cmp.a.median_ms, 4),
-            "measured_ms": round(cmp.b.median_ms, 4), "measured_ms_before": round(cmp.a.median_ms, 4),
-            "self_ratio": round(cmp.self_ratio, 4), "bench_batch": bench_batch(problem, config),
-            "threads": DEFAULT_THREADS}
+            "measured_ratio": None if cmp is None else round(cmp.b.median_ms / cmp.a.median_ms, 4),
+            "measured_ms": None if cmp is None else round(cmp.b.median_ms, 4),
+            "measured_ms_before": None if cmp is None else round(cmp.a.median_ms, 4),
+            "self_ratio": None if cmp is None else round(cmp.self_ratio, 4), "bench_batch": batch,
+            "threads": DEFAULT_THREADS, **({} if cmp is not None else {
+                "not_measured": "the original and the cut model together do not fit the memory budget at batch 1"})}
+
+
+def _report_batch(problem, config: CompressConfig, batch: int) -> int | None:
+    """``batch`` halved while ``TABLE_FACTOR`` x two models' activations (original and cut, one
+    session each) exceed :func:`memory_room`; None when not even batch 1 fits."""
+    from ..learn.memory import activation_bytes
+
+    room = memory_room(config)
+    if room is None:
+        return batch
+    sample = {k: [1, *list(v)[1:]] for k, v in problem.shapes.items()}
+    per_sample = 2 * TABLE_FACTOR * activation_bytes(problem.model, {k: v[1:] for k, v in sample.items()})
+    fixed = fixed_batch(problem.model) is not None
+    while per_sample * batch > room and batch > 1 and not fixed:
+        batch //= 2
+    return batch if per_sample * batch <= room else None

@@ -1,0 +1,53 @@
+"""Ring calibration: a ring's importance is replaced by its measured loss increase in the channel
+gates' units. A ring whose weights are all zero costs nothing when dropped, so its factor is 0;
+a ring that carries the layer's weights gets a positive factor; channel factors stay 1 and the
+BN running statistics are restored."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from onnx import numpy_helper  # noqa: E402
+
+from smof_onnx.data import CalibrationData  # noqa: E402
+from smof_onnx.learn.executor import OnnxModule  # noqa: E402
+from smof_onnx.learn.masking import Masks  # noqa: E402
+from smof_onnx.learn.ring_calibration import calibrate_rings  # noqa: E402
+from smof_onnx.selection.select import prepare  # noqa: E402
+from tests.test_learn_gates import tiny_cnn  # noqa: E402
+
+
+def test_a_ring_that_holds_nothing_costs_nothing_and_channels_keep_their_scale():
+    p = prepare(tiny_cnn(), None, multiple=1)
+    w2 = next(i for i in p.model.graph.initializer if i.name == p.model.graph.node[
+        [n.name for n in p.model.graph.node].index("conv2")].input[1])
+    arr = numpy_helper.to_array(w2).copy()
+    arr[:, :, 0, :] = arr[:, :, 2, :] = 0  # conv2's axis-0 border holds nothing
+    w2.CopyFrom(numpy_helper.from_array(arr, w2.name))
+    rng = np.random.default_rng(0)
+    data = CalibrationData({"x": rng.standard_normal((48, 3, 8, 8)).astype(np.float32)}, None, "random")
+    teacher = OnnxModule(p.model).eval()
+    student = OnnxModule(p.model).train()
+    masks = Masks(p.space, student)
+    h = np.ones(p.space.size)
+    imp = np.ones(p.space.size)
+    buffers = {k: b.clone() for k, b in student.named_buffers()}
+    factor = calibrate_rings(p.space, student, masks, data, teacher, imp, h, batch=16, samples=48)
+    ring = {(k.node, k.axis): k.index for k in p.space.kernel if k.level == 1}
+    assert factor[ring[("conv2", 0)]] == 0.0
+    assert factor[ring[("conv2", 1)]] > 0.0 and factor[ring[("conv3", 0)]] > 0.0
+    assert np.all(factor[len(p.space.kernel):] == 1.0)
+    assert float(masks.m[:-1].sum()) == h.sum()  # left holding h
+    for k, b in student.named_buffers():
+        assert torch.equal(b, buffers[k])
+
+
+def test_without_a_teacher_nothing_is_calibrated():
+    p = prepare(tiny_cnn(), None, multiple=1)
+    student = OnnxModule(p.model).train()
+    data = CalibrationData({"x": np.zeros((8, 3, 8, 8), np.float32)}, None, "zeros")
+    factor = calibrate_rings(p.space, student, Masks(p.space, student), data, None, np.ones(p.space.size),
+                             np.ones(p.space.size), batch=8)
+    assert np.all(factor == 1.0)
