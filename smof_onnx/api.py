@@ -49,7 +49,7 @@ ModelLike = "str | os.PathLike | onnx.ModelProto"
 Progress = Callable[[str], None]
 ShapesLike = Mapping[str, Sequence[int]] | Sequence[str] | None
 
-__all__ = ["inspect", "cut", "compress", "cut_and_verify", "load", "resolve_shapes"]
+__all__ = ["inspect", "cut", "compress", "export", "cut_and_verify", "load", "resolve_shapes"]
 
 
 # --- shared helpers ----------------------------------------------------------------------------
