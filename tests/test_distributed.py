@@ -59,6 +59,7 @@ def _compress(args: list[str], cwd: Path, launcher: list[str]) -> subprocess.Com
 
 
 @pytest.mark.skipif(not fashion_mnist.available(), reason="Fashion-MNIST is not in the cache (models/cache.py)")
+@pytest.mark.slow  # trains or runs end to end
 def test_two_processes_select_the_gates_of_one_and_only_rank_0_writes(tmp_path):
     x, y = fashion_mnist.load("train")
     onnx.save(small_cnn(), tmp_path / "m.onnx")

@@ -92,6 +92,7 @@ def _accuracy(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray) -> float:
     return float((pred == y).mean())
 
 
+@pytest.mark.slow  # trains or runs end to end
 def test_real_fashion_mnist_subset_keeps_accuracy():
     """The embedded default model at 0.7 FLOPs from its 512 calibration images with a short schedule
     (6 + 6 epochs, under a minute here), channel multiple 8: accuracy on 2000 test images drops

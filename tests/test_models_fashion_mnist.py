@@ -49,6 +49,7 @@ def test_default_model_and_calibration_sample_fit_together():
     assert size < 4 << 20
 
 
+@pytest.mark.slow  # trains or runs end to end
 def test_default_model_accuracy_is_what_its_card_says():
     info = json.loads((DEFAULT / "resnet20_fmnist.json").read_text())
     x, y = fashion_mnist.load("test")

@@ -139,6 +139,7 @@ E2E = dict(method="smof", target_flops=0.5, epochs=1, finetune_epochs=1, batch_s
            threads=1, progress_bars=False)
 
 
+@pytest.mark.slow  # trains or runs end to end
 def test_compress_cls_end_to_end_from_rendered_lines():
     """64 lines, 48 train / 16 held out. Measured: 12 s on 1 thread, FLOPs ratio 0.499,
     gate max rel err 4e-7."""
@@ -154,6 +155,7 @@ def test_compress_cls_end_to_end_from_rendered_lines():
     assert 0.0 <= q["top1_agreement"] <= 1.0
 
 
+@pytest.mark.slow  # trains or runs end to end
 def test_compress_det_end_to_end_from_rendered_pages():
     """32 pages of 64x64, 24 train / 8 held out. Measured: 8 s on 1 thread, FLOPs ratio 0.49999,
     gate max rel err 4.4e-6. The output is a probability map, so agreement is the whole-map relative error and the mask IoU."""
