@@ -552,7 +552,37 @@ def bench_blocks() -> dict[Path, dict[str, str]]:
     blocks["figure"] = (f"![accuracy against batch-{fig['batch']} speedup](img/{Path(fig['path']).name})\n\n"
                         + ("Not in the saved runs, so not drawn: " + "; ".join(missing) + "." if missing else
                            "Every model, target and method has a point."))
-    return {DOCS / "benchmarks.md": blocks}
+    return {DOCS / "benchmarks.md": blocks, ROOT / "README.md": {"headline": headline_table(manifest)}}
+
+
+HEADLINE = [("resnet20", 0.5, "ResNet-20"), ("resnet20", 0.3, "ResNet-20"), ("vgg", 0.5, "VGG"),
+            ("mobilenet_v2", 0.5, "MobileNetV2")]
+
+
+def headline_table(manifest: dict) -> str:
+    """The README's table: smof against Torch-Pruning (``tp``) for :data:`HEADLINE`, each from the
+    first seed table of docs/benchmarks.md that holds it (mean accuracy, drop, b32 speedup)."""
+    import numpy as np
+
+    tables = [table_rows(t, manifest) for t in manifest["tables"] if t["kind"] == "seeds"]
+    base = {r["model"]: r.get("accuracy") for rows in tables for r in rows if r["method"] == "original"}
+    out = []
+    for model, target, label in HEADLINE:
+        cells = [f"{label} @ {target:g}"]
+        for method in ("smof", "tp"):
+            # the first seed table (docs/benchmarks.md's order) that holds this model, target and method
+            ok = next((found for rows in tables if (found := [
+                r for r in rows if (r["model"], r["target"], r["method"]) == (model, target, method)
+                and "accuracy" in r])), [])
+            if not ok:
+                cells += ["not in the saved runs", ""]
+                continue
+            acc = 100 * np.mean([r["accuracy"] for r in ok])
+            drop = "" if base.get(model) is None else f" ({100 * base[model] - acc:.2f})"
+            speed = [r["latency_b32"]["speedup"] for r in ok if r.get("latency_b32")]
+            cells += [f"{acc:.2f}{drop}", f"{np.mean(speed):.2f}x" if speed else ""]
+        out.append(cells)
+    return _table(["model @ FLOPs", "smof acc (drop)", "smof speedup", "Torch-Pruning acc (drop)", "TP speedup"], out)
 
 
 # ------------------------------------------------------------------------------------ main
