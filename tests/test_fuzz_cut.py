@@ -33,7 +33,7 @@ from smof_onnx.passes import pipeline
 import tests.conftest  # noqa: F401 -- registers the fuzz profiles (also outside pytest: bench/fuzz.py)
 from tests import graphgen, oracle
 from tests import test_cut_end_to_end as e2e
-from tests.helpers import REL_TOL, max_rel_err, random_inputs, session
+from tests.helpers import NOISE_FACTOR, REL_TOL, max_rel_err, random_inputs, run, session
 
 PROFILE = os.environ.get("SMOF_FUZZ_PROFILE", "fuzz-fast")
 
@@ -75,8 +75,12 @@ def assert_exact(before: onnx.ModelProto, after: onnx.ModelProto, case: graphgen
     for i, shp in enumerate(shapes):
         for seed in (0, 1):
             feeds = random_inputs(before, shp, seed=seed + 10 * i)
-            err = max_rel_err(outputs(0, feeds), outputs(1, feeds))
-            assert err <= REL_TOL, f"max rel err {err:.3g} > {REL_TOL} (inputs {shp}, seed {seed})"
+            reference = outputs(0, feeds)
+            err = max_rel_err(reference, outputs(1, feeds))
+            if err > REL_TOL:  # the gate's rule: tolerated only within 4x the model's own float32 rounding
+                noise = max_rel_err(reference, run(before, feeds, optimize=True))
+                assert err <= NOISE_FACTOR * noise, (f"max rel err {err:.3g} > {REL_TOL} and > {NOISE_FACTOR:g} x "
+                                                     f"the model's own rounding {noise:.3g} (inputs {shp}, seed {seed})")
             worst = max(worst, err)
     return worst
 
