@@ -31,6 +31,7 @@ import onnx  # noqa: E402
 
 from models import fashion_mnist  # noqa: E402
 from smof_onnx import api  # noqa: E402
+from smof_onnx.learn.ring_calibration import step_down  # noqa: E402
 
 MODEL = ROOT / "models" / "default" / "resnet20_fmnist.onnx"
 
@@ -115,13 +116,10 @@ def main(argv=None) -> int:
             rows.append(("ring", f"{space.kernel[kept[0]].node} axis {a}", imp[kept[0]], cost[kept[0]],
                          scores[kept[0]], loss_of(g) - base, df))
         for fam in space.families:
-            fidx = np.asarray(fam.gates)
-            kept = fidx[h[fidx] >= 0.5]
-            allowed = [x for x in fam.allowed() if x < len(kept)]
-            if not allowed:
+            worst = step_down(fam, h, scores)
+            if worst is None:
                 continue
-            n = len(kept) - allowed[-1]
-            worst = kept[np.argsort(scores[kept], kind="stable")[:n]]
+            n, fidx = len(worst), fam.gates
             g = h.copy()
             g[worst] = 0.0
             df = f0 - float(problem.budget.ratio(space.effective(g)))

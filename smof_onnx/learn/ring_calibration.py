@@ -23,9 +23,20 @@ import torch
 from ..selection.gates import GateSpace
 from .losses import distill_loss, output_kinds
 
-__all__ = ["calibrate_rings", "CALIBRATION_SAMPLES"]
+__all__ = ["calibrate_rings", "step_down", "CALIBRATION_SAMPLES"]
 
 CALIBRATION_SAMPLES = 256
+
+
+def step_down(fam, h: np.ndarray, score: np.ndarray) -> np.ndarray | None:
+    """The gates of channel family ``fam`` that its next allowed count below the one ``h`` keeps
+    drops, lowest ``score`` first; None when no smaller count is allowed."""
+    fidx = np.asarray(fam.gates)
+    kept = fidx[h[fidx] >= 0.5]
+    allowed = [a for a in fam.allowed() if a < len(kept)]
+    if not allowed:
+        return None
+    return kept[np.argsort(score[kept], kind="stable")[:len(kept) - allowed[-1]]]
 
 
 def calibrate_rings(space: GateSpace, module, masks, data, teacher_module, imp: np.ndarray, h: np.ndarray,
@@ -66,12 +77,9 @@ def calibrate_rings(space: GateSpace, module, masks, data, teacher_module, imp: 
         base = loss_of(h)
         ratios = []
         for fam in space.families:
-            fidx = np.asarray(fam.gates)
-            kept = fidx[h[fidx] >= 0.5]
-            allowed = [a for a in fam.allowed() if a < len(kept)]
-            if not allowed:
+            worst = step_down(fam, h, imp)
+            if worst is None:
                 continue
-            worst = kept[np.argsort(imp[kept], kind="stable")[:len(kept) - allowed[-1]]]
             g = h.copy()
             g[worst] = 0.0
             est = float(imp[worst].sum())

@@ -281,8 +281,7 @@ def _report_batch(problem, config: CompressConfig, batch: int) -> int | None:
     room = memory_room(config)
     if room is None:
         return batch
-    sample = {k: [1, *list(v)[1:]] for k, v in problem.shapes.items()}
-    per_sample = 2 * TABLE_FACTOR * activation_bytes(problem.model, {k: v[1:] for k, v in sample.items()})
+    per_sample = 2 * TABLE_FACTOR * activation_bytes(problem.model, {k: list(v)[1:] for k, v in problem.shapes.items()})
     fixed = fixed_batch(problem.model) is not None
     while per_sample * batch > room and batch > 1 and not fixed:
         batch //= 2
