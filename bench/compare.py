@@ -24,6 +24,9 @@ tp              Torch-Pruning (MetaPruner, GroupMagnitudeImportance(p=2), unifor
 tp_r8           ``tp`` with ``round_to=8`` (channel counts multiples of 8)
 onnxsim         onnxsim ``apply_structured_pruning`` (data-free, l2), sparsity by bisection
 onnxsim_wanda   onnxsim ``apply_structured_wanda_pruning`` on the calibration images
+3d              ``compress(method="3d")``: depth, width and resolution planned together
+3d_depth        ``3d`` with ``dims="depth"``: residual blocks only
+3d_resolution   ``3d`` with ``dims="resolution"``: the in-graph input resolution only
 ==============  ===========================================================================
 
 Every learned method gets the same ``--calib`` training images (seeded draw from the 60k train
@@ -69,7 +72,7 @@ from models import fashion_mnist  # noqa: E402
 from smof_onnx.passes.analysis.flops import count_cost  # noqa: E402
 
 ALL_METHODS = ("smof", "smof_channel", "smof_kernel", "smof_outputs", "smof_fast", "qr", "qr_ft", "l2", "l2_ft", "tp", "tp_r8", "onnxsim",
-               "onnxsim_wanda")
+               "onnxsim_wanda", "3d", "3d_depth", "3d_resolution")
 OUT_DIR = ROOT / "bench" / "out"
 # smof_fast adds --target-latency TARGET / SPEED_SHARE: the speed goal (1.8x at 0.5 FLOPs)
 # asks the latency to fall by at least 0.9 of the FLOPs reduction's factor.
@@ -162,6 +165,9 @@ METHOD_RUNNERS: dict[str, Callable[[Ctx], tuple[onnx.ModelProto, dict]]] = {
     "tp_r8": lambda c: _tp(c, 8),
     "onnxsim": lambda c: peers.onnxsim_structured(c.base.onnx, c.target),
     "onnxsim_wanda": lambda c: peers.onnxsim_wanda(c.base.onnx, c.target, c.x[:c.args.wanda_images]),
+    "3d": lambda c: _compress(c, "3d", **_train_options(c)),
+    "3d_depth": lambda c: _compress(c, "3d", dims="depth", **_train_options(c)),
+    "3d_resolution": lambda c: _compress(c, "3d", dims="resolution", **_train_options(c)),
 }
 
 

@@ -128,7 +128,7 @@ def to_graph(model: onnx.ModelProto) -> gs.Graph:
 
 def to_model(graph: gs.Graph) -> onnx.ModelProto:
     """Export from onnx-graphsurgeon keeping the original header where known."""
-    header = getattr(graph, "_smof_header", None)
+    header = vars(graph).get("_smof_header")  # not getattr: gs.Graph.__getattr__ logs an error for a missing name
     model = gs.export_onnx(graph, do_type_check=False)
     del model.graph.value_info[:]
     model.graph.value_info.extend(_true_value_info(graph, model))
@@ -164,7 +164,7 @@ def _true_value_info(graph: gs.Graph, model: onnx.ModelProto) -> list[onnx.Value
 
 
 def opset_version(graph: gs.Graph) -> int:
-    header = getattr(graph, "_smof_header", None)
+    header = vars(graph).get("_smof_header")  # not getattr: gs.Graph.__getattr__ logs an error for a missing name
     if header:
         for domain, version in header["opset_import"]:
             if domain in ("", "ai.onnx"):
@@ -264,7 +264,7 @@ def infer_graph_shapes(graph: gs.Graph, input_shapes: Mapping[str, Sequence[int]
     from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
     model = onnx.ModelProto()
-    header = getattr(graph, "_smof_header", None)
+    header = vars(graph).get("_smof_header")  # not getattr: gs.Graph.__getattr__ logs an error for a missing name
     model.ir_version = header["ir_version"] if header else onnx.IR_VERSION
     opsets = header["opset_import"] if header else [("", graph.opset)]
     model.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in opsets)

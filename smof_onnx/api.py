@@ -49,7 +49,7 @@ ModelLike = "str | os.PathLike | onnx.ModelProto"
 Progress = Callable[[str], None]
 ShapesLike = Mapping[str, Sequence[int]] | Sequence[str] | None
 
-__all__ = ["inspect", "cut", "compress", "export", "cut_and_verify", "load", "resolve_shapes"]
+__all__ = ["inspect", "cut", "compress", "plan", "export", "cut_and_verify", "load", "resolve_shapes"]
 
 
 # --- shared helpers ----------------------------------------------------------------------------
@@ -139,7 +139,8 @@ def _check_model(model: onnx.ModelProto) -> None:
 # --- inspect -----------------------------------------------------------------------------------
 
 def inspect(model: Any, input_shapes: ShapesLike = None) -> dict[str, Any]:
-    """Per-layer cost (op, kernel, channels, FLOPs, params) and the channel groups of ``model``.
+    """Per-layer cost (op, kernel, channels, FLOPs, params), the channel groups and the residual
+    blocks (what ``--method 3d``'s depth can remove) of ``model``.
 
     The cost is counted on the model as given; the groups come from
     :func:`smof_onnx.passes.analysis.channels.analyze_channels` on its canonical form, with the reason
@@ -155,6 +156,9 @@ def inspect(model: Any, input_shapes: ShapesLike = None) -> dict[str, Any]:
     groups = describe_groups(analyze_channels(canon.graph, concrete), canon.graph, concrete)
     frozen = [{"where": f["where"], "reason": f["reason"]} for f in canon.frozen()]
     frozen += [{"where": f"group {g['id']}", "reason": g["reason"]} for g in groups if not g["gateable"]]
+    from smof_onnx.passes.analysis.residual_blocks import find_residual_blocks
+
+    blocks = find_residual_blocks(canon.graph, concrete)
     return {
         "model": str(path) if path else None,
         "opset": next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None),
@@ -162,6 +166,8 @@ def inspect(model: Any, input_shapes: ShapesLike = None) -> dict[str, Any]:
         "flops": cost.flops, "params": cost.params,
         "layers": [lc.to_dict() for lc in cost.layers],
         "channel_groups": groups, "frozen": frozen,
+        "residual_blocks": [{"id": b.id, "shortcut": b.shortcut, "nodes": len(b.nodes), "flops": b.flops,
+                             "params": b.params} for b in blocks.blocks],
         "warnings": [f"NaN/inf in {kind} '{name}': cut and compress refuse this model"
                      for kind, name in checks.non_finite_tensors(m)],
     }
@@ -372,6 +378,68 @@ def _unpack(returned: Any, method: str) -> tuple[onnx.ModelProto, dict | None, d
         return (returned.model, getattr(returned, "quality", None), getattr(returned, "settings", None),
                 getattr(returned, "choices", None))
     raise TypeError(f"method '{method}' returned {type(returned).__name__}, not an ONNX model")
+
+
+# --- plan --------------------------------------------------------------------------------------
+
+def plan(model: Any, data: Any, target_flops: float = 0.5, *, input_shapes: ShapesLike = None, seed: int = 0,
+         output: Any = None, png: Any = None, progress: Progress | None = None, data_options: Any = None,
+         **options: Any) -> dict[str, Any]:
+    """Plan depth, width and resolution for ``target_flops`` (steps 1-4 of
+    :mod:`smof_onnx.methods.three_d`: samples, fit, solution) without pruning; returns the plan
+    (the report's ``method.plan``). ``output``: write it as JSON; ``png``: draw the fitted quality
+    over depth and resolution (:mod:`smof_onnx.methods.plan_figure`, needs matplotlib). ``options``:
+    the :class:`smof_onnx.methods.CompressConfig` fields 3d reads (``dims``, ``min_resolution``,
+    ``plan_steps``, ``batch_size``...). Files are written only when the plan is complete."""
+    import json
+
+    from .methods import check_options, config_from_options
+
+    if data is None:
+        raise UsageError("plan learns from data: give --data (a .npz, .npy or image folder)")
+    if not (0 < float(target_flops) <= 1):
+        raise UsageError(f"--target-flops {target_flops}: the fraction of FLOPs to keep must be in (0, 1]")
+    reads = paths.run_reads(model, data)
+    for flag, target in (("-o", output), ("--png", png)):
+        if target is not None:
+            paths.check_outputs(reads, None, target, report_flag=flag)
+    if png is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UsageError("--png needs matplotlib (pip install 'smof-onnx[docs]'); leave --png out") from None
+    src, m, shapes, calib = _prepare(model, None, None, input_shapes, data, data_options)
+    cfg = config_from_options(None, target_flops=float(target_flops), input_shapes=shapes, seed=seed, **options)
+    check_options("3d", cfg, {k for k, v in options.items() if v is not None} - {"progress_bars"}, True)
+    from .methods import three_d
+
+    _say(progress, f"planning depth, width and resolution (target {target_flops:g} of the FLOPs)")
+    made, _ = three_d.make_plan(m, calib, cfg)
+    out = {**made.to_dict(), "model": str(src) if src else None, "seed": seed}
+    _say(progress, "writing")
+    staged = []
+    for target in (output, png):
+        if target is not None:
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if png is not None and made.fit is not None:
+            from .methods.plan_figure import draw
+
+            tmp = Path(png).with_name(f".{Path(png).name}.{os.getpid()}.tmp.png")
+            draw(made, tmp, three_d.W_MIN if "width" in made.space.dims else 1.0)
+            staged.append((tmp, Path(png)))
+        elif png is not None:
+            out["warnings"] = list(out["warnings"]) + ["no picture: with width alone there is nothing to plan"]
+        if output is not None:
+            tmp = Path(output).with_name(f".{Path(output).name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(out, indent=2, default=float))
+            staged.append((tmp, Path(output)))
+        for tmp, final in staged:
+            os.replace(tmp, final)
+    finally:
+        for tmp, _final in staged:
+            tmp.unlink(missing_ok=True)
+    return out
 
 
 # --- export ------------------------------------------------------------------------------------

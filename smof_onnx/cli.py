@@ -4,6 +4,7 @@
     smof-onnx cut MODEL -o OUT [--input-shape S]... [--report R.json] [--data D]
     smof-onnx compress MODEL -o OUT [--data D] [--target-flops F] [--method M] [--input-shape S]...
                        [--report R.json] [--seed N] [method options]
+    smof-onnx plan MODEL --data D [--target-flops F] [-o PLAN.json] [--png PLAN.png] [3d options]
     smof-onnx bench MODEL [MODEL2] [--input-shape S]... [--threads N] [--batch B] [--seconds T]
 
 Exit codes: 0 done; 2 bad usage or bad input (the message says what and where), and running
@@ -30,7 +31,7 @@ from .errors import exit_code
 
 _METHOD_OPTIONS = ("epochs", "finetune_epochs", "lr", "batch_size", "val_split", "kernel", "channel",
                    "channel_multiple", "target_latency", "bench_batch", "threads", "feature_distill",
-                   "max_memory", "device", "amp", "no_latency")
+                   "max_memory", "device", "amp", "no_latency", "dims", "min_resolution", "plan_steps")
 _DATA_OPTIONS = ("image_size", "mean", "std", "channel_order", "layout", "labels_from_folders", "max_samples",
                  "workers")
 
@@ -150,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="OUT")
     p.add_argument("--data", metavar="D", help="calibration data: .npz, .npy or a folder of images")
     p.add_argument("--target-flops", type=float, default=0.5, metavar="F", help="fraction of FLOPs to keep (0, 1]")
-    p.add_argument("--method", default="smof", help="smof | qr | l2 | ... (default smof)")
+    p.add_argument("--method", default="smof", help="smof | qr | l2 | 3d (default smof)")
     p.add_argument("--report", metavar="R.json", help="write the JSON report here")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--allow-miss", action="store_true",
@@ -181,7 +182,25 @@ def build_parser() -> argparse.ArgumentParser:
                    "cpu, cuda or cuda:N")
     m.add_argument("--amp", action="store_const", const=True,
                    help="mixed precision on CUDA (bfloat16 where supported, else float16; float32 master weights)")
+    g = p.add_argument_group("3d options (--method 3d: depth, width and resolution planned together)")
+    _plan_options(g)
     p.set_defaults(handler=_compress)
+
+    p = sub.add_parser("plan", parents=[common, shape, data],
+                       help="plan depth, width and resolution for a FLOPs target (3d's plan, no model written)")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--data", required=True, metavar="D", help="calibration data: .npz, .npy or a folder of images")
+    p.add_argument("--target-flops", type=float, default=0.5, metavar="F", help="fraction of FLOPs to keep (0, 1]")
+    p.add_argument("-o", "--output", metavar="PLAN.json", help="write the plan here (default: print only)")
+    p.add_argument("--png", metavar="PLAN.png", help="draw the fitted quality over depth and resolution here")
+    p.add_argument("--seed", type=int, default=0)
+    for name, kind, help_ in (("--batch-size", int, None), ("--val-split", float, None), ("--lr", float, None),
+                              ("--threads", int, "PyTorch threads while training"),
+                              ("--channel-multiple", int, None), ("--max-memory", str, None),
+                              ("--device", str, None)):
+        p.add_argument(name, type=kind, help=help_)
+    _plan_options(p)
+    p.set_defaults(handler=_plan)
 
     p = sub.add_parser("bench", parents=[common, shape], help="ONNX Runtime latency of one model, or two side by side")
     p.add_argument("model", metavar="MODEL")
@@ -209,6 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tflite-python", metavar="PATH", help="Python of the onnx2tf environment (or $SMOF_TFLITE_PYTHON)")
     p.set_defaults(handler=_export)
     return parser
+
+
+def _plan_options(g) -> None:
+    g.add_argument("--dims", metavar="D,W,R", help="the dimensions to plan: any of depth,width,resolution "
+                   "(default all three)")
+    g.add_argument("--min-resolution", type=float, metavar="R", help="smallest fraction of the input size to "
+                   "compute at (default 0.5)")
+    g.add_argument("--plan-steps", type=int, metavar="N", help="fine-tune steps of each plan sample (default 120)")
 
 
 # --- handlers ----------------------------------------------------------------------------------
@@ -254,6 +281,29 @@ def _compress(args) -> int:
     if rep.get("target_met") is False:
         _err(f"warning: the target was missed (the cut keeps {rep['flops']['ratio']:.3f} of the FLOPs, target "
              f"{args.target_flops:g}); written because of --allow-miss")
+    return 0
+
+
+_PLAN_OPTIONS = ("batch_size", "val_split", "lr", "threads", "channel_multiple", "max_memory", "device", "dims",
+                 "min_resolution", "plan_steps")
+
+
+def _plan(args) -> int:
+    from . import api, report
+
+    options = {k: getattr(args, k) for k in _PLAN_OPTIONS if getattr(args, k) is not None}
+    if not sys.stderr.isatty():
+        options["progress_bars"] = False
+    with _Stages(2) as progress:
+        plan = api.plan(args.model, data=args.data, target_flops=args.target_flops,
+                        input_shapes=args.input_shape or None, seed=args.seed, output=args.output, png=args.png,
+                        progress=progress, data_options=_data_options(args), **options)
+    print(report.format_plan(plan))
+    for warning in plan.get("warnings", []):
+        _err(f"warning: {warning}")
+    written = [x for x in (args.output, args.png) if x]
+    if written:
+        _err("wrote " + " and ".join(written))
     return 0
 
 

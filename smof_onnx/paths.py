@@ -80,16 +80,20 @@ def run_reads(model: Any = None, data: Any = None) -> list[Read]:
 
 
 def check_outputs(reads: Iterable[Read], output: Any = None, report_path: Any = None,
-                  model_name: str = "model.onnx") -> None:
-    """Refuse outputs that would destroy what the run reads, or cannot be written (module docstring)."""
+                  model_name: str = "model.onnx", report_flag: str = "--report") -> None:
+    """Refuse outputs that would destroy what the run reads, or cannot be written (module docstring).
+    ``report_flag``: how messages name ``report_path`` (``plan`` writes its JSON with ``-o``)."""
     reads = list(reads)
     targets: list[tuple[str, Path, str]] = []
+    given = []
     if output is not None:
         targets.append(("-o", Path(output), model_name))
+        given.append(output)
     if report_path is not None:
-        targets.append(("--report", Path(report_path), "report.json"))
-    for what, t, example in targets:
-        _check_writable(what, output if what == "-o" else report_path, t, example)
+        targets.append((report_flag, Path(report_path), "report.json"))
+        given.append(report_path)
+    for (what, t, example), g in zip(targets, given):
+        _check_writable(what, g, t, example)
     if output is not None:
         targets.append((f"-o {output} (its external data)", data_file(output), ""))
     index = {}  # every identity of every read -> (role, path): one stat per file, for folders of images

@@ -235,6 +235,13 @@ def format_inspect(info: dict[str, Any]) -> str:
             lines.append(f"  frozen {g['id']} ({g.get('size', '?')} ch): {g.get('reason', '')}")
         for g in blocked:
             lines.append(f"  not gateable {g['id']} ({g.get('size', '?')} ch): {g.get('reason', '')}")
+    blocks = info.get("residual_blocks")
+    if blocks is not None:
+        lines.append("")
+        lines.append(f"residual blocks (--method 3d can remove): {len(blocks)}"
+                     + ("" if blocks else "; layers outside residual branches are never depth-pruned"))
+        for b in blocks:
+            lines.append(f"  {b['id']}: {b['shortcut']} shortcut, {b['nodes']} nodes, {human(b['flops'])} FLOPs")
     lines += _frozen_lines(info.get("frozen", []))
     return "\n".join(lines)
 
@@ -245,3 +252,22 @@ def _frozen_lines(frozen: list[dict[str, Any]]) -> list[str]:
     lines = ["", f"left as they are ({len(frozen)}):"]
     lines += [f"  {f['where']}: {f['reason']}" for f in frozen]
     return lines
+
+
+def format_plan(plan: dict[str, Any]) -> str:
+    """The samples, the fit and the chosen point of a 3d plan (``smof-onnx plan``)."""
+    lines = [f"3d plan at {plan['target']:g} of the FLOPs; dimensions: {', '.join(plan['space']['dims'])}"]
+    for dim, why in plan["space"]["unavailable"].items():
+        lines.append(f"  not used: {dim}: {why}")
+    lines.append(f"{'d':>6} {'w':>6} {'r':>6} {'cost':>7} {plan['metric']:>14} {'seconds':>8}")
+    for s in plan["samples"]:
+        lines.append(f"{s['d']:6.3f} {s['w']:6.3f} {s['r']:6.3f} {s['cost']:7.3f} {s['quality']:14.4f} "
+                     f"{s['seconds']:8.1f}")
+    fit = plan.get("fit")
+    if fit:
+        lines.append(f"fit: {len(fit['coefficients'])} coefficients, rms residual {fit['rms']:.4f}")
+    p = plan["point"]
+    pred = "" if p.get("predicted_quality") is None else f", predicted {plan['metric']} {p['predicted_quality']:.4f}"
+    lines.append(f"plan: d={p['d']:.3f} ({len(p['removed_blocks'])} block(s) removed) w={p['w']:.3f} r={p['r']:.3f}"
+                 f" {p.get('resolution') or ''}, cost {p['cost']:.3f}{pred}")
+    return "\n".join(lines)

@@ -129,6 +129,26 @@ def test_resize_linear_and_cubic(target, coord, mode):
           opset=19)
 
 
+@pytest.mark.parametrize("target", [dict(sizes=[1, 2, 2, 3]), dict(sizes=[1, 2, 4, 4]), dict(scales=[1, 1, 0.5, 0.3]),
+                                    dict(sizes=[1, 2, 1, 1]), dict(sizes=[1, 2, 9, 5])], ids=lambda t: str(t))
+@pytest.mark.parametrize("coord", COORDS)
+@pytest.mark.parametrize("exclude", [0, 1])
+def test_resize_linear_antialias(target, coord, exclude):
+    """Downsampling widens the triangle filter (the last target also upsamples one axis, where
+    antialias changes nothing); taps past the edge go to the edge pixel unless excluded."""
+    agree("Resize", _resize_inputs(18, **target),
+          {"mode": "linear", "antialias": 1, "coordinate_transformation_mode": coord, "exclude_outside": exclude},
+          opset=18)
+
+
+def test_resize_antialias_cubic_is_refused_by_name():
+    from smof_onnx.learn.ops_registry import Node
+    from smof_onnx.learn.ops_nn import _resize_check
+
+    reason = _resize_check(Node("r", "Resize", {"mode": "cubic", "antialias": 1}, 18, 1))
+    assert reason is not None and "cubic" in reason
+
+
 @pytest.mark.parametrize("exclude", [0, 1])
 def test_resize_cubic_coefficients(exclude):
     agree("Resize", _resize_inputs(13, scales=[1, 1, 1.7, 0.8]),

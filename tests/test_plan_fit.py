@@ -68,3 +68,19 @@ def test_too_few_samples_and_bad_samples_are_clear_errors():
         fit_quality([[0.0, 1, 1, 0.5]] * 12)
     with pytest.raises(ValueError, match="rows"):
         fit_quality([[1, 1, 0.5]] * 12)
+
+
+def test_a_dimension_held_at_one_leaves_the_basis_and_the_rest_is_recovered():
+    """With depth off (every sample at d = 1) the basis has the 6 terms of (w, r); fewer samples suffice."""
+    two = {e: c for e, c in TRUE.items() if e[0] == 0}
+    rng = np.random.default_rng(3)
+    wr = rng.uniform(0.2, 1.0, size=(8, 2))
+    y = [sum(c * w ** j * r ** k for (_, j, k), c in two.items()) for w, r in wr]
+    fit = fit_quality(np.column_stack([np.ones(8), wr, y]), alpha=1e-8, axes=(1, 2))
+    assert len(fit.exponents) == 6 and all(e[0] == 0 for e in fit.exponents)
+    g = np.linspace(0.2, 1.0, 7)
+    w, r = np.meshgrid(g, g)
+    truth = sum(c * w ** j * r ** k for (_, j, k), c in two.items())
+    assert np.abs(fit(1.0, w, r) - truth).max() < 0.01
+    with pytest.raises(ValueError, match="needs at least 10 samples"):
+        fit_quality(np.column_stack([np.ones(8), wr, y]))  # all three axes: 10 coefficients

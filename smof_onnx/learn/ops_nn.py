@@ -14,7 +14,9 @@ Rules (all as ONNX Runtime computes them, which the tests check op by op):
   explicit pads, never the ceil-mode overhang).
 - Resize is separable: per resized axis, the output coordinate is mapped to the
   input with the coordinate transformation mode in float32 (ORT's arithmetic), and
-  the output is a weighted sum of 1 (nearest), 2 (linear) or 4 (cubic) gathered taps.
+  the output is a weighted sum of 1 (nearest), 2 (linear) or 4 (cubic) gathered taps;
+  linear with ``antialias=1`` when downsampling widens the triangle filter to the scale
+  (:func:`_antialias_taps`).
 """
 from __future__ import annotations
 
@@ -261,8 +263,8 @@ def _pad(n, x, pads=None, value=None, axes=None):
 # ---------------------------------------------------------------- Resize / Upsample
 
 def _resize_check(n: Node) -> str | None:
-    if n.get("antialias", 0):
-        return "Resize with antialias=1 is not supported"
+    if n.get("antialias", 0) and n.get("mode", "nearest") not in ("linear", "bilinear"):
+        return f"Resize with antialias=1 is supported for mode linear only, not {n.get('mode', 'nearest')!r}"
     if n.get("mode", "nearest") not in ("nearest", "linear", "cubic", "bilinear"):
         return f"Resize mode {n.get('mode')!r} is not supported"
     if n.get("coordinate_transformation_mode") == "tf_crop_and_resize":
@@ -341,10 +343,36 @@ def _taps(n: Node, c: torch.Tensor, in_len: int, downsampling: bool):
     return idx.clamp(0, in_len - 1), coeffs
 
 
+def _antialias_taps(n: Node, out_len: int, in_len: int, scale: float, device):
+    """Linear antialias when downsampling (ORT's, after Pillow): a triangle filter widened to
+    ``1 / scale`` input pixels, centred at ``c = source coordinate + 0.5``, over the window
+    ``[floor(c - support + 0.5), floor(c + support + 0.5))`` (at most ``2 ceil(support) + 1``
+    taps), weights ``max(0, 1 - |(x - c + 0.5) * scale|)`` normalised to sum 1. Taps outside
+    the input count toward the nearest edge pixel, or, with ``exclude_outside``, are dropped
+    before normalising."""
+    support = 1.0 / scale
+    width = 2 * math.ceil(support) + 1
+    centers = _source_coords(n, out_len, in_len, scale, device) + 0.5
+    lo = torch.floor(centers - support + 0.5).to(torch.int64)
+    count = (torch.floor(centers + support + 0.5).to(torch.int64) - lo).clamp(0, width)
+    steps = torch.arange(width, device=device)[None, :]
+    idx = lo[:, None] + steps
+    w = (1 - ((idx.to(torch.float32) - centers[:, None] + 0.5) * scale).abs()).clamp(min=0)
+    keep = steps < count[:, None]
+    if n.get("exclude_outside", 0):
+        keep &= (idx >= 0) & (idx < in_len)
+    w = torch.where(keep, w, torch.zeros_like(w))
+    total = w.sum(1, keepdim=True)
+    return idx.clamp(0, in_len - 1), w / torch.where(total == 0, torch.ones_like(total), total)
+
+
 def _resize_axis(n: Node, x: torch.Tensor, axis: int, out_len: int, scale: float) -> torch.Tensor:
     in_len = x.shape[axis]
-    c = _source_coords(n, out_len, in_len, scale, x.device)
-    idx, weights = _taps(n, c, in_len, scale < 1)
+    if n.get("antialias", 0) and scale < 1:
+        idx, weights = _antialias_taps(n, out_len, in_len, scale, x.device)
+    else:
+        c = _source_coords(n, out_len, in_len, scale, x.device)
+        idx, weights = _taps(n, c, in_len, scale < 1)
     if weights is None:
         return x.index_select(axis, idx[:, 0])
     shape = [1] * x.dim()

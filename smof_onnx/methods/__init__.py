@@ -13,7 +13,8 @@
   option of ``l2`` without data), naming the option and the method.
 
 Registered: ``smof`` (learned kernel + channel gates, :mod:`.smof`), ``l2`` (data-free filter
-L2 norm and kernel-border energy, :mod:`.l2`), ``qr`` (CHaPR pivoted QR, :mod:`.qr`). Methods
+L2 norm and kernel-border energy, :mod:`.l2`), ``qr`` (CHaPR pivoted QR, :mod:`.qr`), ``3d`` (depth, width and resolution planned together,
+:mod:`.three_d`). Methods
 are imported when first called, so importing this package never imports torch (``l2`` and
 ``qr`` run without it).
 """
@@ -48,8 +49,10 @@ class MethodResult:
     quality: dict | None = None
 
 
-_INT_FIELDS = ("epochs", "finetune_epochs", "batch_size", "seed", "channel_multiple", "bench_batch", "threads")
-_FLOAT_FIELDS = ("target_flops", "target_latency", "lr", "val_split", "feature_distill")
+_INT_FIELDS = ("epochs", "finetune_epochs", "batch_size", "seed", "channel_multiple", "bench_batch", "threads",
+               "plan_steps")
+_FLOAT_FIELDS = ("target_flops", "target_latency", "lr", "val_split", "feature_distill", "min_resolution")
+PLAN_DIMS = ("depth", "width", "resolution")  # --method 3d's dimensions (smof_onnx.selection.plan_space.DIMS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +79,9 @@ class CompressConfig:
     training of smof and in the fine-tune of ``l2`` and ``qr`` with data.
     ``device``: where PyTorch trains (smof, and l2's fine-tune): ``auto`` / None (CUDA when
     available), ``cpu``, ``cuda``, ``cuda:N``; ``amp``: CUDA autocast (:mod:`smof_onnx.learn.device`).
+    ``dims`` / ``min_resolution`` / ``plan_steps``: ``3d`` only: the dimensions it may plan (a
+    subset of depth, width, resolution, or a comma-separated string; None: all three), the
+    smallest input scale (None: 0.5) and the fine-tune steps of each plan sample (None: 120).
     """
 
     target_flops: float = 0.5
@@ -98,6 +104,9 @@ class CompressConfig:
     no_latency: bool = False
     device: str | None = None
     amp: bool = False
+    dims: Sequence[str] | None = None
+    min_resolution: float | None = None
+    plan_steps: int | None = None
 
     def __post_init__(self):
         # Types first (API callers pass anything; a NaN epoch count would pass every comparison below).
@@ -146,12 +155,25 @@ class CompressConfig:
             parse_device(self.device)
         if not isinstance(self.amp, bool):
             raise UsageError(f"--amp {self.amp!r}: must be true or false")
+        if self.dims is not None:
+            dims = (self.dims.split(",") if isinstance(self.dims, str) else list(self.dims))
+            bad = [d for d in dims if d not in PLAN_DIMS]
+            if bad or not dims or len(set(dims)) != len(dims):
+                raise UsageError(f"--dims {','.join(map(str, dims))}: give one or more of {','.join(PLAN_DIMS)}, "
+                                 "comma-separated, each once")
+            object.__setattr__(self, "dims", tuple(d for d in PLAN_DIMS if d in dims))
+        if self.min_resolution is not None and not 0 < self.min_resolution <= 1:
+            raise UsageError(f"--min-resolution {self.min_resolution}: must be in (0, 1] (the smallest fraction of "
+                             "the input size --method 3d may compute at, e.g. 0.5)")
+        if self.plan_steps is not None and self.plan_steps < 1:
+            raise UsageError(f"--plan-steps {self.plan_steps}: must be >= 1")
         if not (self.kernel or self.channel):
             raise UsageError("--no-kernel together with --no-channel leaves nothing to compress")
 
     def settings(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["input_shapes"] = {k: list(v) for k, v in (self.input_shapes or {}).items()} or None
+        d["dims"] = None if self.dims is None else list(self.dims)
         d.pop("progress_bars")
         return d
 
@@ -178,6 +200,7 @@ _LATENCY = frozenset({"target_latency", "bench_batch"})
 _TRAINING = frozenset({"finetune_epochs", "lr", "batch_size", "val_split", "threads", "feature_distill", "max_memory",
                        "device", "amp"})
 _QR_FINETUNE = frozenset({"lr", "feature_distill", "max_memory"})  # read only when qr fine-tunes
+_PLAN = frozenset({"dims", "min_resolution", "plan_steps"})
 METHOD_OPTIONS: dict[str, dict[str, frozenset[str]]] = {
     # "data" / "no_data": the options read with and without calibration data
     "smof": {"data": _SELECTION | _LATENCY | _TRAINING | {"epochs", "no_latency"},
@@ -185,13 +208,18 @@ METHOD_OPTIONS: dict[str, dict[str, frozenset[str]]] = {
     "l2": {"data": _SELECTION | _LATENCY | _TRAINING, "no_data": _SELECTION | _LATENCY},
     "qr": {"data": frozenset({"channel_multiple", "batch_size", "val_split", "threads", "finetune_epochs"}) | _QR_FINETUNE},
 }
+METHOD_OPTIONS["3d"] = {"data": _SELECTION | _TRAINING | _PLAN | {"epochs", "no_latency", "bench_batch"}}
+METHOD_OPTIONS["3d"]["no_data"] = METHOD_OPTIONS["3d"]["data"]  # 3d refuses to run without data (its own error)
 METHOD_OPTIONS["qr"]["no_data"] = METHOD_OPTIONS["qr"]["data"]  # qr refuses to run without data (its own error)
 _WHY_NOT = {
     "kernel": "it never cuts kernel borders",
     "channel": "it only cuts channels, so --no-channel would leave it nothing to do",
     "target_latency": "it meets a FLOPs target only (--target-flops)",
     "epochs": "it has no gate search (epochs are smof's search; use --finetune-epochs)",
-    "no_latency": "its scores never read the latency table (only smof's do)",
+    "no_latency": "its scores never read the latency table (only smof's and 3d's width step do)",
+    "dims": "only --method 3d plans depth, width and resolution",
+    "min_resolution": "only --method 3d changes the resolution",
+    "plan_steps": "only --method 3d fine-tunes plan samples",
 }
 
 
@@ -218,9 +246,10 @@ def check_options(method: str, config: CompressConfig, given: set[str], has_data
             raise UsageError(f"{flag} is not used by --method {method}: {why or 'it does not read this option'}; "
                              f"leave it out (--method {method} reads: "
                              f"{', '.join(sorted(option_flag(f) for f in reads - _ALWAYS)) or 'no method options'})")
-        if field == "bench_batch" and config.target_latency is None and (method != "smof" or config.no_latency):
+        timed = method in ("smof", "3d")  # their default scoring times a latency table at --bench-batch
+        if field == "bench_batch" and config.target_latency is None and (not timed or config.no_latency):
             raise UsageError(f"--bench-batch is read only with --target-latency (--method {method}"
-                             f"{', or without --no-latency' if method == 'smof' else ''}); add "
+                             f"{', or without --no-latency' if timed else ''}); add "
                              "--target-latency or leave it out")
         if method == "qr" and field in _QR_FINETUNE and not config.finetune_epochs:
             raise UsageError(f"{flag} is read by --method qr only when it fine-tunes; add --finetune-epochs N "
@@ -236,11 +265,13 @@ def _given(config: CompressConfig | None, options: Mapping[str, Any]) -> set[str
     return given
 
 
-def _lazy(module: str) -> Callable[..., MethodResult]:
+def _lazy(method: str, module: str | None = None) -> Callable[..., MethodResult]:
+    module = module or method
+
     def run(model: onnx.ModelProto, data: Any = None, config: CompressConfig | None = None,
             **options: Any) -> MethodResult:
         cfg = config_from_options(config, **options)
-        check_options(module, cfg, _given(config, options), data is not None)
+        check_options(method, cfg, _given(config, options), data is not None)
         if module == "qr" and cfg.channel_multiple == 0:
             cfg = dataclasses.replace(cfg, channel_multiple=8)  # qr allocates with one multiple
         return importlib.import_module(f"{__name__}.{module}").run(model, data, cfg)
@@ -251,3 +282,4 @@ def _lazy(module: str) -> Callable[..., MethodResult]:
 
 
 METHODS: dict[str, Callable[..., MethodResult]] = {name: _lazy(name) for name in ("smof", "l2", "qr")}
+METHODS["3d"] = _lazy("3d", "three_d")

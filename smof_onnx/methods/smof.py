@@ -42,7 +42,9 @@ from . import CompressConfig, MethodResult
 from .latency import correct_by_measurement, latency_report, scoring_latency
 
 
-def run(model: onnx.ModelProto, data, config: CompressConfig) -> MethodResult:
+def run(model: onnx.ModelProto, data, config: CompressConfig, teacher: onnx.ModelProto | None = None) -> MethodResult:
+    """``teacher``: the model distilled from and measured against (default ``model``; ``3d`` gives
+    the original when ``model`` is its depth- and resolution-reduced variant)."""
     if data is None:
         raise DataError("--method smof learns from data: give --data (a .npz, .npy or image folder), "
                         "or use --method l2 (data-free)")
@@ -92,7 +94,8 @@ def run(model: onnx.ModelProto, data, config: CompressConfig) -> MethodResult:
 
     with torch.random.fork_rng(devices=[]), train_settings.torch_threads(config.threads):
         torch.manual_seed(config.seed)
-        teacher_module = OnnxModule(batching.model).eval().to(runtime.device)
+        teacher_graph = batching.model if teacher is None else free_batch(teacher, train_set.inputs).model
+        teacher_module = OnnxModule(teacher_graph).eval().to(runtime.device)
         # the teacher's outputs on the first samples (kinds, scale, ring calibration); the targets are per batch
         teacher = batches.teacher_probe(teacher_module, train_set, settings.batch_size)
         losses.check_labels(calib.labels, teacher)

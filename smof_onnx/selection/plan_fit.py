@@ -8,7 +8,7 @@ none of them):
   wr, i.e. 10 coefficients). This is the reduced basis: the paper's full tensor
   (i, j, k <= 2 each, 27 coefficients) constrained to low rank is replaced by dropping the
   high-order cross terms, so a planner with ~12-20 samples can fit it. It needs at least as many
-  samples as coefficients (C(degree + 3, 3)); fewer raise a ``ValueError`` saying how many.
+  samples as coefficients (C(degree + 3, 3) with all three axes; ``axes`` drops the others); fewer raise a ``ValueError`` saying how many.
 - Objective: least squares on the samples plus ridge ``alpha * n * ||lambda||^2`` on every
   coefficient but the constant (so a flat surface is preferred where samples disagree).
 - Monotonicity (more depth, width or resolution never hurts): dF/dd, dF/dw, dF/dr >= 0 at every
@@ -33,9 +33,11 @@ import numpy as np
 from scipy.optimize import minimize
 
 
-def exponents(degree: int) -> tuple[tuple[int, int, int], ...]:
-    """(i, j, k) with i + j + k <= degree, constant first, then by total degree."""
-    out = [e for e in itertools.product(range(degree + 1), repeat=3) if sum(e) <= degree]
+def exponents(degree: int, axes: Sequence[int] = (0, 1, 2)) -> tuple[tuple[int, int, int], ...]:
+    """(i, j, k) with i + j + k <= degree and 0 on every axis not in ``axes``, constant first,
+    then by total degree."""
+    out = [e for e in itertools.product(range(degree + 1), repeat=3)
+           if sum(e) <= degree and all(e[a] == 0 for a in range(3) if a not in axes)]
     return tuple(sorted(out, key=lambda e: (sum(e), [-x for x in e])))
 
 
@@ -75,8 +77,10 @@ class QualityFit:
 
 
 def fit_quality(samples: Sequence[Sequence[float]], degree: int = 2, alpha: float = 1e-4, grid_points: int = 6,
-                box: Sequence[tuple[float, float]] | None = None) -> QualityFit:
-    """Fit F to ``samples`` [(d, w, r, quality), ...]; see the module docstring."""
+                box: Sequence[tuple[float, float]] | None = None, axes: Sequence[int] = (0, 1, 2)) -> QualityFit:
+    """Fit F to ``samples`` [(d, w, r, quality), ...]; see the module docstring. ``axes``: the
+    dimensions that vary (0 d, 1 w, 2 r); the basis leaves the others out (a planner with one
+    dimension off fits 6 coefficients at degree 2, with two off 3)."""
     data = np.asarray(samples, float)
     if data.ndim != 2 or data.shape[1] != 4:
         raise ValueError(f"samples must be rows (d, w, r, quality); got an array of shape {data.shape}")
@@ -84,7 +88,7 @@ def fit_quality(samples: Sequence[Sequence[float]], degree: int = 2, alpha: floa
         raise ValueError("samples hold a NaN or an infinity")
     if ((data[:, :3] <= 0) | (data[:, :3] > 1)).any():
         raise ValueError("d, w and r must be fractions in (0, 1]")
-    exps = exponents(degree)
+    exps = exponents(degree, tuple(axes))
     n, m = len(data), len(exps)
     if n < m:
         raise ValueError(f"a degree-{degree} fit has {m} coefficients and needs at least {m} samples; got {n}")
