@@ -265,6 +265,6 @@ def test_custom_domain_and_refused_configuration_are_named():
     with pytest.raises(UnsupportedOpError, match="FusedConv.*fc.*com.microsoft"):
         OnnxModule(_model([custom], [x], [y]))
     sizes = helper.make_tensor("sizes", TensorProto.INT64, [4], [1, 2, 2, 2])
-    resize = helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], name="aa", mode="linear", antialias=1)
+    resize = helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], name="aa", mode="cubic", antialias=1)
     with pytest.raises(UnsupportedOpError, match="Resize.*aa.*antialias"):
         OnnxModule(_model([resize], [x], [y], opset=18, inits=[sizes]))
