@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     from smof_onnx.learn import train
     from smof_onnx.learn.executor import OnnxModule
     from smof_onnx.learn.latency_budget import build_latency_budget
-    from smof_onnx.learn.select import cut_ratio, prepare
+    from smof_onnx.selection.select import cut_ratio, prepare
     from smof_onnx.methods import config_from_options
     from smof_onnx.methods import latency as latency_method
 

@@ -60,7 +60,7 @@ def test_bad_usage_is_exit_2(capsys):
 
 def test_threads_reaches_the_method_and_zero_threads_is_exit_2(tmp_path, capsys, monkeypatch):
     from smof_onnx import methods
-    from tests.test_learn_gates import tiny_cnn
+    from tests.test_selection_gates import tiny_cnn
 
     src = tmp_path / "m.onnx"
     onnx.save(tiny_cnn(), str(src))
@@ -78,7 +78,7 @@ def test_threads_reaches_the_method_and_zero_threads_is_exit_2(tmp_path, capsys,
 
 def test_feature_distill_reaches_the_method_and_a_negative_weight_is_exit_2(tmp_path, capsys, monkeypatch):
     from smof_onnx import methods
-    from tests.test_learn_gates import tiny_cnn
+    from tests.test_selection_gates import tiny_cnn
 
     src = tmp_path / "m.onnx"
     onnx.save(tiny_cnn(), str(src))

@@ -174,7 +174,7 @@ def ppocr_floor(kind: str, keep: float = 0.0, seed: int = 0):
     import onnx
 
     from models import ppocr
-    from smof_onnx.learn import select
+    from smof_onnx.selection import select
     from smof_onnx.passes.analysis.flops import count_cost
 
     model = onnx.load(str(ppocr.ppocr_path(kind)))

@@ -11,7 +11,7 @@ from smof_onnx.learn.batchnorm import TrainBatchNorm  # noqa: E402
 from smof_onnx.learn.executor import OnnxModule  # noqa: E402
 from smof_onnx.learn.masking import Masks  # noqa: E402
 from smof_onnx.selection.select import prepare  # noqa: E402
-from tests.test_learn_gates import tiny_cnn  # noqa: E402
+from tests.test_selection_gates import tiny_cnn  # noqa: E402
 
 
 def _data(n=64, seed=0):

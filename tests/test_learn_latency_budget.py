@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from smof_onnx.passes.analysis.flops import count_cost
 from smof_onnx.learn import latency
 from smof_onnx.learn.latency_budget import build_latency_budget
-from smof_onnx.learn.select import prepare, select
-from tests.test_learn_gates import cut_model, tiny_cnn
+from smof_onnx.selection.select import prepare, select
+from tests.test_selection_gates import cut_model, tiny_cnn
 
 BATCH = 4
 

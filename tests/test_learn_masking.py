@@ -9,7 +9,7 @@ import pytest
 
 from smof_onnx.selection.select import prepare
 from tests.helpers import session
-from tests.test_learn_gates import tiny_cnn
+from tests.test_selection_gates import tiny_cnn
 
 torch = pytest.importorskip("torch")
 

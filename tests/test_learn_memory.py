@@ -76,7 +76,7 @@ def test_micro_batches_add_up_to_the_batch_gradient():
     from smof_onnx.learn import losses
     from smof_onnx.learn.executor import OnnxModule
     from smof_onnx.learn.settings import TrainSettings
-    from tests.test_learn_gates import tiny_cnn
+    from tests.test_selection_gates import tiny_cnn
 
     model = tiny_cnn()
     x = np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32)

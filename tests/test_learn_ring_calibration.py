@@ -16,7 +16,7 @@ from smof_onnx.learn.executor import OnnxModule  # noqa: E402
 from smof_onnx.learn.masking import Masks  # noqa: E402
 from smof_onnx.learn.ring_calibration import calibrate_rings  # noqa: E402
 from smof_onnx.selection.select import prepare  # noqa: E402
-from tests.test_learn_gates import tiny_cnn  # noqa: E402
+from tests.test_selection_gates import tiny_cnn  # noqa: E402
 
 
 def test_a_ring_that_holds_nothing_costs_nothing_and_channels_keep_their_scale():

@@ -17,7 +17,7 @@ from smof_onnx.learn.batches import epoch_batches  # noqa: E402
 from smof_onnx.learn.executor import OnnxModule  # noqa: E402
 from smof_onnx.selection.select import prepare  # noqa: E402
 from smof_onnx.methods import CompressConfig  # noqa: E402
-from tests.test_learn_gates import tiny_cnn, tiny_cnn_batch_one  # noqa: E402
+from tests.test_selection_gates import tiny_cnn, tiny_cnn_batch_one  # noqa: E402
 
 
 def test_distillation_is_zero_for_the_teacher_itself_and_positive_otherwise():

@@ -11,10 +11,10 @@ import pytest
 
 from smof_onnx.passes.analysis.flops import count_cost
 from smof_onnx import api
-from smof_onnx.learn.select import prepare
+from smof_onnx.selection.select import prepare
 from smof_onnx.methods import METHODS, l2
 from tests import cases
-from tests.test_learn_gates import tiny_cnn
+from tests.test_selection_gates import tiny_cnn
 
 
 @pytest.mark.parametrize("target", [0.7, 0.5, 0.3])
@@ -63,7 +63,7 @@ def test_lowest_norm_filters_and_empty_rings_go_first():
 
 def test_runs_without_torch():
     code = ("import sys; sys.modules['torch'] = None\n"
-            "from tests.test_learn_gates import tiny_cnn\n"
+            "from tests.test_selection_gates import tiny_cnn\n"
             "from smof_onnx import api\n"
             "_, rep = api.compress(tiny_cnn(), method='l2', target_flops=0.5, channel_multiple=1)\n"
             "assert rep['flops']['ratio'] <= 0.51, rep['flops']\n"
@@ -123,7 +123,7 @@ def test_a_model_without_flops_is_a_usage_error_not_a_crash(target, tmp_path, ca
 
     from smof_onnx.cli import main
     from smof_onnx.errors import UnsupportedModelError, exit_code
-    from tests.test_learn_budget import relu_only
+    from tests.test_selection_budget import relu_only
 
     with pytest.raises(UnsupportedModelError, match="nothing to compress") as info:
         METHODS["l2"](relu_only(), target_flops=float(target))

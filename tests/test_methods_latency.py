@@ -11,11 +11,11 @@ import types
 import numpy as np
 import pytest
 
-from smof_onnx.learn.select import select
+from smof_onnx.selection.select import select
 from smof_onnx.methods import CompressConfig
 from smof_onnx.methods import latency as method_latency
 from smof_onnx.passes.analysis.flops import count_cost
-from tests.test_learn_gates import cut_model
+from tests.test_selection_gates import cut_model
 from tests.test_learn_latency_budget import _budget
 
 

@@ -17,7 +17,7 @@ from smof_onnx import api  # noqa: E402
 from smof_onnx.errors import DataError  # noqa: E402
 from smof_onnx.methods import METHODS  # noqa: E402
 from tests.helpers import session  # noqa: E402
-from tests.test_learn_gates import conv_weights, tiny_cnn, tiny_cnn_batch_one  # noqa: E402
+from tests.test_selection_gates import conv_weights, tiny_cnn, tiny_cnn_batch_one  # noqa: E402
 
 FAST = dict(epochs=3, finetune_epochs=1, batch_size=16, channel_multiple=1, progress_bars=False)
 DEFAULT = Path(__file__).resolve().parents[1] / "models" / "default"

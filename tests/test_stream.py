@@ -22,7 +22,7 @@ from smof_onnx.learn.batches import train_batches  # noqa: E402
 from smof_onnx.learn.executor import OnnxModule  # noqa: E402
 from smof_onnx.learn.settings import TrainSettings  # noqa: E402
 from smof_onnx.stream import ArrayRows, ImageRows  # noqa: E402
-from tests.test_learn_gates import tiny_cnn  # noqa: E402
+from tests.test_selection_gates import tiny_cnn  # noqa: E402
 
 
 def _epoch(module, data, n_batches=6, seed=4):

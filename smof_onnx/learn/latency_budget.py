@@ -25,7 +25,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import onnx
 
-from .gates import GateSpace
+from ..selection.gates import GateSpace
 from .latency import LatencyConfig, LatencyTable, measure_table
 
 __all__ = ["LatencyBudget", "build_latency_budget", "DEFAULT_THREADS"]
@@ -155,7 +155,7 @@ def build_latency_budget(model: onnx.ModelProto, shapes: Mapping[str, Sequence[i
                          cache_dir: str | None = None, progress=None) -> LatencyBudget:
     """Measure (or load the cached) table of ``model`` at ``batch`` and wrap it as a budget.
 
-    ``terms``: the :class:`~smof_onnx.learn.budget.LayerTerm` list of the FLOPs budget of the
+    ``terms``: the :class:`~smof_onnx.selection.budget.LayerTerm` list of the FLOPs budget of the
     same canonical model. The channel grid holds every count the gates can reach (multiples of
     ``space.multiple``, 8 for the auto rule, from a quarter of the layer up), so the odd-count slow-downs are measured,
     not interpolated over.

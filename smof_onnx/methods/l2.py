@@ -19,7 +19,7 @@ After the selection, the data-free result is checked against the original on ran
 (ONNX Runtime, :func:`output_change`): an output whose relative RMS change exceeds
 :data:`WARN_CHANGE` adds a line to ``settings["warnings"]`` (the report's ``method.warnings``),
 since l2 without data can neither correct nor measure that change.
-The gates are then chosen by :func:`smof_onnx.learn.select.select` (trim / restore by score,
+The gates are then chosen by :func:`smof_onnx.selection.select.select` (trim / restore by score,
 the real cut counted) so the cut model meets ``target_flops``. With data (and torch
 installed), the weights are fine-tuned with the zeros fixed
 (:func:`smof_onnx.learn.train.finetune_fixed`, distilled from the original's outputs and, as
@@ -38,8 +38,8 @@ from onnx import numpy_helper
 
 from ..data import as_calibration
 from ..errors import UsageError
-from ..learn.gates import GateSpace
-from ..learn.select import check_has_flops, prepare, select
+from ..selection.gates import GateSpace
+from ..selection.select import check_has_flops, prepare, select
 from . import CompressConfig, MethodResult
 from .latency import latency_budget, latency_report
 

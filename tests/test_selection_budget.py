@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from smof_onnx.passes.analysis.flops import count_cost
 from smof_onnx.selection.select import cut_ratio, prepare
 from tests import cases
-from tests.test_learn_gates import cut_model, tiny_cnn
+from tests.test_selection_gates import cut_model, tiny_cnn
 
 TINY = prepare(tiny_cnn(), None, multiple=1)
 

@@ -7,7 +7,7 @@ import pytest
 
 from smof_onnx.errors import UnsupportedModelError
 from smof_onnx.selection.select import FINE_MULTIPLE, cut_ratio, fit_budget, prepare, select
-from tests.test_learn_gates import tiny_cnn
+from tests.test_selection_gates import tiny_cnn
 
 
 def _wide_family(p):
@@ -88,7 +88,7 @@ def test_fit_budget_says_why_when_no_gate_is_left_to_drop():
 
 
 def test_a_model_without_flops_is_a_clear_error_not_a_division_by_zero():
-    from tests.test_learn_budget import relu_only
+    from tests.test_selection_budget import relu_only
 
     p = prepare(relu_only(), None, multiple=1)
     assert cut_ratio(p, np.ones(0)) == 1.0
