@@ -191,6 +191,19 @@ class MemoryPlan:
         return out
 
 
+def budget(max_memory: Any = None, available: int | None = None, rss: int | None = None) -> tuple[int, str] | None:
+    """(bytes, source) of the memory budget: ``max_memory`` (``--max-memory``), else
+    :data:`DEFAULT_FRACTION` of what is available plus what this process holds (``rss``);
+    None when the available memory cannot be read."""
+    if max_memory is not None:
+        return parse_memory(max_memory), "--max-memory"
+    avail = available_memory() if available is None else available
+    if avail is None:
+        return None
+    rss_now = current_rss() if rss is None else rss
+    return int(DEFAULT_FRACTION * (avail + rss_now)), f"{DEFAULT_FRACTION:.0%} of available memory"
+
+
 def plan(model: onnx.ModelProto, sample_shapes: Mapping[str, Sequence[int]], requested_batch: int, *,
          max_memory: Any = None, mix: bool = True, fixed_batch: bool = False, rss: int | None = None,
          available: int | None = None, device: Any = None) -> MemoryPlan:
@@ -206,20 +219,16 @@ def plan(model: onnx.ModelProto, sample_shapes: Mapping[str, Sequence[int]], req
         used = int(torch.cuda.memory_allocated(device))
         available = free if available is None else available
         rss = used if rss is None else rss
-    if max_memory is not None:
-        budget, source = parse_memory(max_memory), "--max-memory"
-    else:
-        avail = available_memory() if available is None else available
-        rss_now = current_rss() if rss is None else rss
-        if avail is None:
-            return MemoryPlan(0, "unknown (no memory information)", 0, 0, 1 + bool(mix), requested_batch,
-                              requested_batch, "the available memory could not be read: batch not bounded")
-        budget, source = int(DEFAULT_FRACTION * (avail + rss_now)), f"{DEFAULT_FRACTION:.0%} of available memory"
+    found = budget(max_memory, available, rss)
+    if found is None:
+        return MemoryPlan(0, "unknown (no memory information)", 0, 0, 1 + bool(mix), requested_batch,
+                          requested_batch, "the available memory could not be read: batch not bounded")
+    limit, source = found
     rss_now = current_rss() if rss is None else rss
     per_sample = int(ACTIVATION_FACTOR * activation_bytes(model, sample_shapes))
     base = rss_now + int(WEIGHT_FACTOR * weight_bytes(model))
     entries = 2 if mix else 1
-    room = budget - base
+    room = limit - base
     fits = max(0, room // max(1, per_sample * entries))
     need = (f"the learning stage needs about {format_bytes(base)} before any batch (process memory now and "
             f"the weights with their gradients and optimiser state) plus {format_bytes(per_sample * entries)} "
@@ -228,19 +237,19 @@ def plan(model: onnx.ModelProto, sample_shapes: Mapping[str, Sequence[int]], req
             + (", twice for the mixed copies" if mix else "") + ")")
     if fixed_batch:
         if fits < requested_batch:
-            raise UsageError(f"--max-memory {format_bytes(budget)} ({source}) is too small: the model runs only "
+            raise UsageError(f"--max-memory {format_bytes(limit)} ({source}) is too small: the model runs only "
                              f"its own batch of {requested_batch}, and {need}; give a larger --max-memory, or "
                              "export the model with a free batch axis")
-        return MemoryPlan(budget, source, base, per_sample, entries, requested_batch, requested_batch)
+        return MemoryPlan(limit, source, base, per_sample, entries, requested_batch, requested_batch)
     if fits < 1:
-        raise UsageError(f"--max-memory {format_bytes(budget)} ({source}) is too small for even one sample: "
+        raise UsageError(f"--max-memory {format_bytes(limit)} ({source}) is too small for even one sample: "
                          f"{need}; give a larger --max-memory, a smaller --input-shape / smaller images, "
                          "or free memory")
     if fits >= requested_batch:
-        return MemoryPlan(budget, source, base, per_sample, entries, requested_batch, requested_batch)
-    return MemoryPlan(budget, source, base, per_sample, entries, requested_batch, int(fits),
+        return MemoryPlan(limit, source, base, per_sample, entries, requested_batch, requested_batch)
+    return MemoryPlan(limit, source, base, per_sample, entries, requested_batch, int(fits),
                       f"--batch-size {requested_batch} lowered to {int(fits)} to stay within "
-                      f"{format_bytes(budget)} ({source}): {need}")
+                      f"{format_bytes(limit)} ({source}): {need}")
 
 
 class MemoryGuard:

@@ -99,14 +99,8 @@ def memory_room(config: CompressConfig) -> int | None:
     :mod:`smof_onnx.learn.memory`) leaves above the process's memory now; None: unknown."""
     from ..learn import memory
 
-    if config.max_memory is not None:
-        budget = memory.parse_memory(config.max_memory)
-    else:
-        avail = memory.available_memory()
-        if avail is None:
-            return None
-        budget = int(memory.DEFAULT_FRACTION * (avail + memory.current_rss()))
-    return budget - memory.current_rss()
+    found = memory.budget(config.max_memory)
+    return None if found is None else found[0] - memory.current_rss()
 
 
 def table_batch(problem, config: CompressConfig) -> tuple[int | None, str | None]:
