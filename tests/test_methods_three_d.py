@@ -121,3 +121,28 @@ def test_inspect_lists_the_residual_blocks_depth_can_remove():
     assert all(b["flops"] > 0 and b["id"].endswith("Add") for b in blocks)
     model, shapes = _zoo("vgg")
     assert api.inspect(model, shapes)["residual_blocks"] == []
+
+
+class _GridSpace:
+    depths = (0.25, 0.5, 0.75, 1.0)
+    scales = (0.5, 0.75, 1.0)
+
+    def counted(self, d, r):  # a made-up cost, not d * r^2, so the check cannot lean on the paper's model
+        return 0.1 + 0.9 * d * r ** 1.5
+
+
+def test_the_pruned_point_is_the_best_realisable_one_and_spends_the_budget():
+    from smof_onnx.methods.three_d import _on_grid
+
+    space, target, w_min = _GridSpace(), 0.45, 0.3
+
+    def fit(d, w, r):
+        return 0.2 * d + 0.5 * w + 0.3 * r
+
+    brute = max(((fit(d, min(1, target / space.counted(d, r)), r), d, r) for d in space.depths
+                 for r in space.scales if min(1, target / space.counted(d, r)) >= w_min))
+    point = _on_grid(space, fit, target, w_min)
+    assert (point["d"], point["r"]) == brute[1:]
+    assert point["w"] * space.counted(point["d"], point["r"]) == pytest.approx(target)
+    flat = _on_grid(space, lambda d, w, r: 0.5, target, w_min)  # a flat fit: spend the most
+    assert flat["w"] * space.counted(flat["d"], flat["r"]) == pytest.approx(target)

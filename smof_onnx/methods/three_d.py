@@ -20,9 +20,10 @@
    agreement, mask IoU, or 1 - relative RMS error.
 4. **Fit** (:func:`smof_onnx.selection.plan_fit.fit_quality`): the monotone degree-2 polynomial
    over the dimensions in use; **solve** (:func:`smof_onnx.selection.plan_solve.solve_plan`):
-   max F subject to counted cost <= ``target_flops``, d discrete; the solution's r moves to the
-   grid scale either side of it whose width share spending the target (w = target / C(d, r))
-   the fit predicts better.
+   max F subject to counted cost <= ``target_flops``, d discrete, r continuous (the cost
+   interpolated between grid sizes); then re-solved on the points the model can take: every
+   depth level and grid resolution with the width share that spends the target there
+   (w = target / C(d, r)), the best by the fit (:func:`_on_grid`).
 5. **Prune** to (d*, r*) and run ``smof`` on that model at the width share w* with the original as
    its teacher (stage-output distillation only when r* = 1: the stage maps differ in size
    otherwise); at w* = 1 the model is fine-tuned with the zeros fixed instead.
@@ -176,21 +177,21 @@ def _width(space, model: onnx.ModelProto, share: float, config: CompressConfig) 
     return problem.space.apply(problem.model, h)
 
 
-def _on_grid(space, fit, solution, target: float, w_min: float) -> dict:
-    """The solution moved to a resolution the grid holds: the grid scales either side of r*, each
-    with the width share that spends the target there (at most 1, at least ``w_min``), the one
-    the fit predicts better."""
-    if "resolution" not in space.dims:
-        return {"d": solution.d, "w": min(1.0, target / space.counted(solution.d, 1.0)), "r": 1.0}
-    below = space.snap(solution.r)
-    above = min([s for s in space.scales if s >= solution.r - 1e-9] or [1.0])
+def _on_grid(space, fit, target: float, w_min: float) -> dict:
+    """The best point the model can be pruned to: every depth level and grid resolution, each
+    with the width share that spends the target there (``w = min(1, target / C(d, r))``, at least
+    ``w_min``; the fit is monotone in w, so spending the budget is best), the one the fit predicts
+    best (ties: the one that spends more). The continuous solution interpolates the cost between
+    grid sizes; this is its discrete re-solve."""
     options = []
-    for r in dict.fromkeys((below, above)):
-        w = min(1.0, target / space.counted(solution.d, r))
-        if w >= w_min - 1e-9:
-            options.append((float(fit(solution.d, w, r)), r, w))
-    _, r, w = max(options) if options else (0.0, below, min(1.0, target / space.counted(solution.d, below)))
-    return {"d": solution.d, "w": w, "r": r}
+    for d in space.depths:
+        for r in space.scales:
+            c = space.counted(d, r)
+            w = min(1.0, target / c)
+            if w >= w_min - 1e-9:
+                options.append((round(float(fit(d, w, r)), 12), w * c, d, r, w))
+    _, _, d, r, w = max(options)
+    return {"d": d, "w": w, "r": r}
 
 
 def make_plan(model: onnx.ModelProto, data, config: CompressConfig, ctx: _Context | None = None) -> tuple[Plan, _Context]:
@@ -240,7 +241,7 @@ def make_plan(model: onnx.ModelProto, data, config: CompressConfig, ctx: _Contex
         fit = fit_quality([(s["d"], s["w"], s["r"], s["quality"]) for s in samples], axes=axes)
         solution = solve_plan(fit, space.cost, target, space.depths, w_min=w_min,
                               r_min=space.r_min if "resolution" in space.dims else 1.0)
-        point = _on_grid(space, fit, solution, target, w_min)
+        point = _on_grid(space, fit, target, w_min)
     point["cost"] = round(space.cost(point["d"], point["w"], point["r"]), 6)
     point["predicted_quality"] = None if fit is None else float(fit(point["d"], point["w"], point["r"]))
     point["removed_blocks"] = list(space.removed(point["d"]))
