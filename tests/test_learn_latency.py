@@ -10,6 +10,8 @@ No assertion depends on wall-clock timings (those belong to bench/).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 import pytest
@@ -37,7 +39,7 @@ def two_conv_model(valid: bool = False) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
 
-def fake_timer(model, feed, threads, budget_s, warmup):
+def fake_timer(model, feed, threads, budget_s, warmup, *runs_and_runtime):
     """'Milliseconds' = conv MACs / 1e3: bilinear in (cin, cout) for a fixed kernel, so interpolation
     is exact; a whole model costs the sum of its convs."""
     shapes = {k: list(v.shape) for k, v in feed.items()}
@@ -156,3 +158,38 @@ def test_a_tiny_cell_stops_at_max_runs_not_at_the_time_budget():
     start = time.perf_counter()
     ms = latency.time_model(m, feed, 1, 30.0, 1, max_runs=20)
     assert ms > 0 and time.perf_counter() - start < 10.0
+
+
+def test_openvino_tables_are_real_and_kept_apart_from_onnxruntime_ones(tmp_path):
+    pytest.importorskip("openvino")  # the [openvino] extra: installed in CI
+    shapes = {"x": [1, 8, 12, 12]}
+    config = LatencyConfig(cache_dir=str(tmp_path), threads=1, budget_s=0.0, warmup=1, channel_fractions=(0.5, 1.0),
+                           runtime="openvino")
+    table = measure_table(two_conv_model(), shapes, config)
+    assert table.meta["machine"]["runtime"] == "openvino" and table.meta["machine"]["runtime_version"]
+    for name, row in table.layers.items():
+        assert np.isfinite(np.asarray(row["ms"], np.float64)).all() and np.min(row["ms"]) > 0, name
+    assert table.meta["model_ms"] > 0
+    measure_table(two_conv_model(), shapes, dataclasses.replace(config, runtime="ort"))
+    assert len(list(tmp_path.glob("*.json"))) == 2  # one per runtime: never read across
+
+
+def test_an_unknown_or_missing_runtime_is_a_usage_error(monkeypatch):
+    import builtins
+
+    from smof_onnx.errors import UsageError
+    from smof_onnx.runtimes import RuntimeMissingError, check_runtime
+
+    with pytest.raises(UsageError, match="choose one of ort, openvino"):
+        check_runtime("tensorrt")
+    real_import = builtins.__import__
+
+    def no_openvino(name, *a, **k):
+        if name.startswith("openvino"):
+            raise ImportError("No module named 'openvino'")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_openvino)
+    monkeypatch.delitem(__import__("sys").modules, "openvino", raising=False)
+    with pytest.raises(RuntimeMissingError, match=r"pip install 'smof-onnx\[openvino\]'"):
+        check_runtime("openvino")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import json
+
 import numpy as np
 import onnx.numpy_helper as onh
 import pytest
@@ -165,3 +167,40 @@ def test_every_option_is_classified_and_bench_batch_needs_a_latency_table():
     with pytest.raises(UsageError, match="--bench-batch is read only with --target-latency"):
         check_options("l2", CompressConfig(bench_batch=8), {"bench_batch"}, True)
     check_options("smof", CompressConfig(epochs=2, lr=1e-3), {"epochs", "lr"}, True)  # smof reads both
+
+
+def test_latency_runtime_openvino_times_the_table_and_the_result_on_openvino(monkeypatch, tmp_path):
+    """The table's timer is faked (it must be asked for OpenVINO); the result is timed for real on
+    OpenVINO, briefly, and the report says where."""
+    pytest.importorskip("openvino")
+    from smof_onnx.learn import latency
+    from smof_onnx.methods import latency as method_latency
+    from tests.test_learn_latency_budget import conv_macs
+
+    asked = set()
+
+    def timer(m, feed, *args):
+        asked.add(args[-1])
+        return conv_macs(m, feed)
+
+    monkeypatch.setenv("SMOF_CACHE", str(tmp_path))
+    monkeypatch.setattr(latency, "time_model", timer)
+    monkeypatch.setattr(method_latency, "MEASURE_S", 0.2)
+    result = METHODS["l2"](tiny_cnn(), target_flops=1.0, target_latency=0.5, channel_multiple=1, bench_batch=4,
+                           latency_runtime="openvino")
+    lat = result.settings["latency"]
+    assert asked == {"openvino"}
+    assert lat["runtime"] == "openvino" and lat["measured_ms"] > 0 and lat["predicted_ratio"] <= 0.5
+    assert 0.5 < lat["self_ratio"] < 2  # the original timed against itself on OpenVINO
+    tables = [json.loads(p.read_text()) for p in tmp_path.glob("latency/*.json")]
+    assert tables and all(t["meta"]["machine"]["runtime"] == "openvino" for t in tables)
+
+
+def test_latency_runtime_is_refused_where_no_latency_is_timed():
+    from smof_onnx.errors import UsageError
+
+    with pytest.raises(UsageError, match="--latency-runtime is read only with --target-latency"):
+        METHODS["l2"](tiny_cnn(), target_flops=0.5, latency_runtime="openvino")
+    with pytest.raises(UsageError, match="--latency-runtime is not used by --method qr"):
+        METHODS["qr"](tiny_cnn(), data={"x": np.zeros((4, 3, 8, 8), np.float32)}, target_flops=0.5,
+                      latency_runtime="openvino")

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import VerificationError
+from ..runtimes import openvino_cpu_config
 from .base import Artifact, Runner, require
 
 EXTRA = "openvino"
@@ -62,9 +63,7 @@ def open_compiled(xml: Path, names: list[str], threads: int = 1, precision: str 
     ov = require_openvino()
     core = ov.Core()
     try:
-        compiled = core.compile_model(core.read_model(str(xml)), "CPU", {
-            "INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": str(threads), "NUM_STREAMS": "1",
-            "ENABLE_CPU_PINNING": "NO"})
+        compiled = core.compile_model(core.read_model(str(xml)), "CPU", openvino_cpu_config(threads, precision))
     except Exception as exc:  # noqa: BLE001
         raise VerificationError(f"OpenVINO cannot compile the exported IR: {_first_line(exc)}; "
                                 "nothing was written") from exc

@@ -1,4 +1,4 @@
-"""Per-layer latency table measured with ONNX Runtime, for the latency-aware budget.
+"""Per-layer latency table measured with ONNX Runtime (or OpenVINO), for the latency-aware budget.
 
 Rules:
 - One table row per Conv: the layer's real input size and batch, each candidate kernel
@@ -8,8 +8,9 @@ Rules:
   has one channel axis.
 - Each cell is the median time (at most :data:`MAX_RUNS` runs) of a single-Conv model
   (random weights, pads reduced by the
-  cut rule of design 3.1, so the output size is the original's) run by ONNX Runtime with
-  graph optimisations on, ``allow_spinning = 0`` and ``threads`` intra-op threads.
+  cut rule of design 3.1, so the output size is the original's) run on ``config.runtime``
+  (:mod:`smof_onnx.runtimes`: ONNX Runtime with graph optimisations on, ``allow_spinning = 0``
+  and ``threads`` intra-op threads; or OpenVINO's CPU plugin, f32, ``threads`` threads).
 - ``LatencyTable.predict(choices)`` sums the layers' times: exact for a measured kernel,
   linear interpolation (and extrapolation) between channel grid points. Layers absent from
   ``choices`` count at their original shape. Non-conv work is not in the table: the budget
@@ -20,7 +21,8 @@ Rules:
   add the work outside the convs (activations, adds, pooling, the classifier) as a constant.
 - Tables are cached as JSON in ``$SMOF_CACHE/latency`` (default ``~/.cache/smof-onnx/latency``)
   keyed by the model's bytes, the input shapes, the grid settings and the machine (CPU
-  model, thread count, ONNX Runtime version): a table is never reused on another machine.
+  model, thread count, runtime and its version): a table is never reused on another machine or
+  runtime.
 """
 from __future__ import annotations
 
@@ -30,8 +32,6 @@ import itertools
 import json
 import os
 import platform
-import statistics
-import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -43,7 +43,6 @@ from scipy.interpolate import RegularGridInterpolator
 
 from smof_onnx.passes.graph import node_attributes, with_static_shapes
 
-from ..verify import session_options
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +54,7 @@ class LatencyConfig:
     channel_fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
     channel_multiple: int = 1
     cache_dir: str | None = None
+    runtime: str = "ort"  # :data:`smof_onnx.runtimes.RUNTIMES`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,21 +194,12 @@ MAX_RUNS = 200  # runs per cell at most: a tiny conv's median is stable long bef
 
 
 def time_model(model: onnx.ModelProto, feed: dict, threads: int, budget_s: float, warmup: int,
-               max_runs: int = MAX_RUNS) -> float:
-    """Median milliseconds of ``model`` on ``feed`` (ORT, optimisations on, no spinning): at
-    least 5 runs, then until ``budget_s`` seconds or ``max_runs`` runs."""
-    sess = ort.InferenceSession(model.SerializeToString(), session_options(True, threads),
-                                providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    for _ in range(max(warmup, 1)):
-        sess.run(names, feed)
-    times = []
-    start = time.perf_counter()
-    while len(times) < 5 or (time.perf_counter() - start < budget_s and len(times) < max_runs):
-        t0 = time.perf_counter()
-        sess.run(names, feed)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+               max_runs: int = MAX_RUNS, runtime: str = "ort") -> float:
+    """Median milliseconds of ``model`` on ``feed`` on ``runtime`` (:func:`smof_onnx.runtimes.runner`):
+    at least 5 runs, then until ``budget_s`` seconds or ``max_runs`` runs."""
+    from ..runtimes import runner, time_runners
+
+    return time_runners([runner(model, runtime, threads)], [feed], budget_s, warmup=warmup, max_runs=max_runs)[0]
 
 
 class LatencyTable:
@@ -265,7 +256,7 @@ class LatencyTable:
         return cls(data["layers"], data["meta"])
 
 
-def machine_id(threads: int) -> dict:
+def machine_id(threads: int, runtime: str = "ort") -> dict:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as fh:
@@ -275,7 +266,12 @@ def machine_id(threads: int) -> dict:
                     break
     except OSError:
         pass
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "threads": threads, "onnxruntime": ort.__version__}
+    from ..runtimes import version
+
+    out = {"cpu": cpu, "cpu_count": os.cpu_count(), "threads": threads, "onnxruntime": ort.__version__}
+    if runtime != "ort":  # ORT tables keep their old keys (and cache entries)
+        out.update(runtime=runtime, runtime_version=version(runtime))
+    return out
 
 
 def cache_dir(config: LatencyConfig) -> Path:
@@ -286,7 +282,7 @@ def cache_dir(config: LatencyConfig) -> Path:
 
 
 def _cache_key(model: onnx.ModelProto, input_shapes, config: LatencyConfig) -> tuple[str, dict]:
-    machine = machine_id(config.threads)
+    machine = machine_id(config.threads, config.runtime)
     h = hashlib.sha256(model.SerializeToString(deterministic=True))
     settings = {"shapes": {k: list(v) for k, v in sorted(input_shapes.items())}, "batch": config.batch,
                 "fractions": list(config.channel_fractions), "multiple": config.channel_multiple,
@@ -365,7 +361,7 @@ def measure_table(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[in
             for k, a, b in cells}
     for done, (key_, (site, k, a, b, batch)) in enumerate(todo.items(), 1):
         m, feed = micro_conv(site, k, a, b, batch)
-        measured[key_] = time_model(m, feed, config.threads, config.budget_s, config.warmup)
+        measured[key_] = time_model(m, feed, config.threads, config.budget_s, config.warmup, MAX_RUNS, config.runtime)
         if progress:
             progress(done, len(todo))
     layers = {}
@@ -399,4 +395,4 @@ def _model_ms(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]],
     if config.batch is not None:
         shapes = {k: [config.batch, *v[1:]] if v else v for k, v in shapes.items()}
     feed = random_feeds(model, shapes, seed=0)
-    return time_model(model, feed, config.threads, max(config.budget_s, 0.5), config.warmup)
+    return time_model(model, feed, config.threads, max(config.budget_s, 0.5), config.warmup, MAX_RUNS, config.runtime)

@@ -143,25 +143,27 @@ class LatencyBudget:
 
 
 def table_config(space: GateSpace, batch: int, threads: int = DEFAULT_THREADS, budget_s: float = 0.1,
-                 cache_dir: str | None = None) -> LatencyConfig:
+                 cache_dir: str | None = None, runtime: str = "ort") -> LatencyConfig:
     """The grid :func:`build_latency_budget` times: every channel count the gates reach."""
     mult = space.multiple if space.multiple >= 1 else 8  # auto: 8 covers 16
     return LatencyConfig(threads=threads, batch=batch, budget_s=budget_s, channel_multiple=mult,
-                         channel_fractions=tuple(np.arange(2, 9) / 8), cache_dir=cache_dir)
+                         channel_fractions=tuple(np.arange(2, 9) / 8), cache_dir=cache_dir, runtime=runtime)
 
 
 def build_latency_budget(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]], terms, space: GateSpace, *,
                          batch: int, threads: int = DEFAULT_THREADS, budget_s: float = 0.1,
-                         cache_dir: str | None = None, progress=None) -> LatencyBudget:
+                         cache_dir: str | None = None, progress=None, runtime: str = "ort") -> LatencyBudget:
     """Measure (or load the cached) table of ``model`` at ``batch`` and wrap it as a budget.
 
+    ``runtime``: where the table is timed (:data:`smof_onnx.runtimes.RUNTIMES`).
     ``terms``: the :class:`~smof_onnx.selection.budget.LayerTerm` list of the FLOPs budget of the
     same canonical model. The channel grid holds every count the gates can reach (multiples of
     ``space.multiple``, 8 for the auto rule, from a quarter of the layer up), so the odd-count slow-downs are measured,
     not interpolated over.
     """
     bench = {k: [batch, *list(v)[1:]] for k, v in shapes.items()}
-    table = measure_table(model, bench, table_config(space, batch, threads, budget_s, cache_dir), progress=progress)
+    table = measure_table(model, bench, table_config(space, batch, threads, budget_s, cache_dir, runtime),
+                          progress=progress)
     weight_of = {n.name: n.input[1] for n in model.graph.node if n.op_type == "Conv" and len(n.input) > 1}
     layers = []
     for t in terms:

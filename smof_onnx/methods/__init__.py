@@ -79,6 +79,8 @@ class CompressConfig:
     training of smof and in the fine-tune of ``l2`` and ``qr`` with data.
     ``device``: where PyTorch trains (smof, and l2's fine-tune): ``auto`` / None (CUDA when
     available), ``cpu``, ``cuda``, ``cuda:N``; ``amp``: CUDA autocast (:mod:`smof_onnx.learn.device`).
+    ``latency_runtime``: the runtime the latency table and the timings run on (``ort``,
+    ``openvino``; :mod:`smof_onnx.runtimes`).
     ``dims`` / ``min_resolution`` / ``plan_steps``: ``3d`` only: the dimensions it may plan (a
     subset of depth, width, resolution, or a comma-separated string; None: all three), the
     smallest input scale (None: 0.5) and the fine-tune steps of each plan sample (None: 120).
@@ -107,6 +109,7 @@ class CompressConfig:
     dims: Sequence[str] | None = None
     min_resolution: float | None = None
     plan_steps: int | None = None
+    latency_runtime: str = "ort"
 
     def __post_init__(self):
         # Types first (API callers pass anything; a NaN epoch count would pass every comparison below).
@@ -155,6 +158,10 @@ class CompressConfig:
             parse_device(self.device)
         if not isinstance(self.amp, bool):
             raise UsageError(f"--amp {self.amp!r}: must be true or false")
+        if self.latency_runtime != "ort":
+            from ..runtimes import check_runtime  # torch-free; a missing runtime names its extra
+
+            check_runtime(self.latency_runtime)
         if self.dims is not None:
             dims = (self.dims.split(",") if isinstance(self.dims, str) else list(self.dims))
             bad = [d for d in dims if d not in PLAN_DIMS]
@@ -196,7 +203,7 @@ def config_from_options(config: CompressConfig | None = None, **options: Any) ->
 # its method's set is a UsageError naming both, never silently dropped. ``_ALWAYS``: every method.
 _ALWAYS = frozenset({"target_flops", "seed", "input_shapes", "progress_bars"})
 _SELECTION = frozenset({"kernel", "channel", "channel_multiple"})
-_LATENCY = frozenset({"target_latency", "bench_batch"})
+_LATENCY = frozenset({"target_latency", "bench_batch", "latency_runtime"})
 _TRAINING = frozenset({"finetune_epochs", "lr", "batch_size", "val_split", "threads", "feature_distill", "max_memory",
                        "device", "amp"})
 _QR_FINETUNE = frozenset({"lr", "feature_distill", "max_memory"})  # read only when qr fine-tunes
@@ -208,7 +215,8 @@ METHOD_OPTIONS: dict[str, dict[str, frozenset[str]]] = {
     "l2": {"data": _SELECTION | _LATENCY | _TRAINING, "no_data": _SELECTION | _LATENCY},
     "qr": {"data": frozenset({"channel_multiple", "batch_size", "val_split", "threads", "finetune_epochs"}) | _QR_FINETUNE},
 }
-METHOD_OPTIONS["3d"] = {"data": _SELECTION | _TRAINING | _PLAN | {"epochs", "no_latency", "bench_batch"}}
+METHOD_OPTIONS["3d"] = {"data": _SELECTION | _TRAINING | _PLAN | {"epochs", "no_latency", "bench_batch",
+                                                                   "latency_runtime"}}
 METHOD_OPTIONS["3d"]["no_data"] = METHOD_OPTIONS["3d"]["data"]  # 3d refuses to run without data (its own error)
 METHOD_OPTIONS["qr"]["no_data"] = METHOD_OPTIONS["qr"]["data"]  # qr refuses to run without data (its own error)
 _WHY_NOT = {
@@ -247,8 +255,9 @@ def check_options(method: str, config: CompressConfig, given: set[str], has_data
                              f"leave it out (--method {method} reads: "
                              f"{', '.join(sorted(option_flag(f) for f in reads - _ALWAYS)) or 'no method options'})")
         timed = method in ("smof", "3d")  # their default scoring times a latency table at --bench-batch
-        if field == "bench_batch" and config.target_latency is None and (not timed or config.no_latency):
-            raise UsageError(f"--bench-batch is read only with --target-latency (--method {method}"
+        if field in ("bench_batch", "latency_runtime") and config.target_latency is None and (
+                not timed or config.no_latency):
+            raise UsageError(f"{flag} is read only with --target-latency (--method {method}"
                              f"{', or without --no-latency' if timed else ''}); add "
                              "--target-latency or leave it out")
         if method == "qr" and field in _QR_FINETUNE and not config.finetune_epochs:

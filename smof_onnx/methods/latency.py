@@ -29,6 +29,10 @@
 - :func:`latency_report`: cuts the zeroed model and times it against the canonical original
   (:func:`smof_onnx.verify.compare_latency`, alternating sessions, no spinning), so the report
   shows the predicted next to the measured ratio and the self-vs-self noise floor.
+- ``--latency-runtime`` (``ort`` default, ``openvino``): the runtime the table, the corrections
+  and the report's timings run on (:mod:`smof_onnx.runtimes`): the best channel counts and the
+  time a kernel cut saves differ by runtime (ONNX Runtime runs counts that are not multiples of
+  16 slower on this CPU; OpenVINO did not).
 """
 from __future__ import annotations
 
@@ -125,7 +129,7 @@ def table_batch(problem, config: CompressConfig) -> tuple[int | None, str | None
         return int(TABLE_FACTOR * table_peak_bytes(problem.model, problem.shapes, b))
 
     def seconds(b: int) -> float:
-        config_b = table_config(problem.space, b)
+        config_b = table_config(problem.space, b, runtime=config.latency_runtime)
         bench = {k: [b, *list(v)[1:]] for k, v in problem.shapes.items()}
         return 0.0 if is_cached(problem.model, bench, config_b) else table_seconds(problem.model, bench, config_b)
 
@@ -164,7 +168,7 @@ def latency_budget(problem, config: CompressConfig, force: bool = False, batch: 
     try:
         return build_latency_budget(problem.model, problem.shapes, problem.budget.terms, problem.space,
                                     batch=batch or bench_batch(problem, config), threads=DEFAULT_THREADS,
-                                    progress=progress)
+                                    progress=progress, runtime=config.latency_runtime)
     finally:
         if bar is not None:
             bar.close()
@@ -175,15 +179,35 @@ def bench_batch(problem, config: CompressConfig) -> int:
     return fixed_batch(problem.model) or config.bench_batch
 
 
+@dataclasses.dataclass(frozen=True)
+class _Timing:
+    """The medians of one comparison (``a``: the original, ``b``: the cut model)."""
+    a_ms: float
+    b_ms: float
+    self_ratio: float
+
+
 def _measure(problem, zeroed: onnx.ModelProto, config: CompressConfig, budget_s: float | None = None,
-             batch: int | None = None):
-    from ..verify import compare_latency
+             batch: int | None = None) -> _Timing:
+    """The cut of ``zeroed`` timed against the canonical original on ``config.latency_runtime``:
+    ONNX Runtime by :func:`smof_onnx.verify.compare_latency`; another runtime by
+    :func:`smof_onnx.runtimes.time_runners` (original, cut, and the original again for the
+    self-vs-self ratio, rotated)."""
+    from ..verify import compare_latency, random_feeds
 
     cut = pgraph.to_model(pipeline.cut(pgraph.to_graph(zeroed), problem.shapes).graph)
     batch = batch or bench_batch(problem, config)
     bench = {k: [batch, *list(v)[1:]] for k, v in problem.shapes.items()}
-    return compare_latency(problem.model, cut, bench, threads=DEFAULT_THREADS, batch=batch,
-                           budget_s=MEASURE_S if budget_s is None else budget_s)
+    budget_s = MEASURE_S if budget_s is None else budget_s
+    if config.latency_runtime == "ort":
+        cmp = compare_latency(problem.model, cut, bench, threads=DEFAULT_THREADS, batch=batch, budget_s=budget_s)
+        return _Timing(cmp.a.median_ms, cmp.b.median_ms, cmp.self_ratio)
+    from ..runtimes import runner, time_runners
+
+    feed = random_feeds(problem.model, bench, seed=0)
+    runs = [runner(m, config.latency_runtime, DEFAULT_THREADS) for m in (problem.model, cut, problem.model)]
+    a, b, again = time_runners(runs, [feed] * 3, budget_s)
+    return _Timing(a, b, again / a)
 
 
 def correct_by_measurement(problem, latency: LatencyBudget, scores: np.ndarray, h: np.ndarray, ratios: dict,
@@ -198,7 +222,7 @@ def correct_by_measurement(problem, latency: LatencyBudget, scores: np.ndarray, 
 
     def time_selection(goal: float, h: np.ndarray, **record) -> float:
         cmp = _measure(problem, problem.space.apply(problem.model, h), config)
-        ratio = cmp.b.median_ms / cmp.a.median_ms
+        ratio = cmp.b_ms / cmp.a_ms
         predicted = float(latency.ratio(problem.space.effective(h)))
         history.append({"goal": round(goal, 4), "predicted_ratio": round(predicted, 4),
                         "measured_ratio": round(ratio, 4), "self_ratio": round(cmp.self_ratio, 4), **record})
@@ -259,10 +283,11 @@ def latency_report(problem, latency: LatencyBudget, zeroed: onnx.ModelProto, h: 
     return {"source": source, "target": config.target_latency,
             "slower_counts": latency.slower_counts(problem.space, h), "predicted_ratio": round(float(latency.ratio(e)), 4),
             "predicted_ms": round(float(latency.ms(e)), 4), "predicted_ms_before": round(float(latency.total), 4),
-            "measured_ratio": None if cmp is None else round(cmp.b.median_ms / cmp.a.median_ms, 4),
-            "measured_ms": None if cmp is None else round(cmp.b.median_ms, 4),
-            "measured_ms_before": None if cmp is None else round(cmp.a.median_ms, 4),
+            "measured_ratio": None if cmp is None else round(cmp.b_ms / cmp.a_ms, 4),
+            "measured_ms": None if cmp is None else round(cmp.b_ms, 4),
+            "measured_ms_before": None if cmp is None else round(cmp.a_ms, 4),
             "self_ratio": None if cmp is None else round(cmp.self_ratio, 4), "bench_batch": batch,
+            "runtime": config.latency_runtime,
             "threads": DEFAULT_THREADS, **({} if cmp is not None else {
                 "not_measured": "the original and the cut model together do not fit the memory budget at batch 1"})}
 

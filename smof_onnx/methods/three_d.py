@@ -145,7 +145,7 @@ class _Context:
         c = self.config
         return finetune_fixed(model, self.train, max(1, math.ceil(steps / per_epoch)), lr=c.lr, batch_size=self.batch,
                               seed=c.seed, progress_bars=False, teacher=self.canon, threads=c.threads,
-                              feature_distill=feature_distill, max_memory=c.max_memory, device=c.device or "cpu",
+                              feature_distill=feature_distill, max_memory=c.max_memory, device=c.device,
                               amp=c.amp)
 
 
