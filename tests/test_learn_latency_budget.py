@@ -119,3 +119,23 @@ def test_counts_slower_than_the_next_larger_one_are_reported(monkeypatch, tmp_pa
     h = np.ones(p.space.size)
     h[list(fam.gates[:4])] = 0  # 4 of 8
     assert lat.slower_counts(p.space, h) == []
+
+
+def test_counts_the_table_predicts_slower_than_a_larger_one_are_never_selected(monkeypatch, tmp_path):
+    """With odd output counts 3x slower, keeping 5 or 7 of conv3's 16 costs more than keeping 8:
+    those counts leave the family, and no selection at any target keeps them."""
+    from smof_onnx.methods.latency import use_runtime_counts
+
+    p, lat = _budget(monkeypatch, tmp_path, timer=odd_is_slow)
+    dominated = lat.dominated_counts(p.space)
+    assert dominated, "the 3x penalty must make some counts slower than larger ones"
+    rows = use_runtime_counts(p, lat)
+    assert [r["counts"] for r in rows] and all(r["counts"] for r in rows)
+    for fam in p.space.families:
+        assert not set(fam.allowed()) & set(dominated.get(fam.id, ()))
+    rng = np.random.default_rng(0)
+    for target in (0.9, 0.7, 0.5, 0.35):
+        h, _ = select(p, rng.random(p.space.size), target)
+        for fam in p.space.families:
+            kept = int(h[list(fam.gates)].sum())
+            assert kept in fam.allowed() and kept not in dominated.get(fam.id, ()), (target, fam.id, kept)

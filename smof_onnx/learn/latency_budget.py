@@ -31,6 +31,7 @@ from .latency import LatencyConfig, LatencyTable, measure_table
 __all__ = ["LatencyBudget", "build_latency_budget", "DEFAULT_THREADS"]
 
 DEFAULT_THREADS = 2
+DOMINATED_TOLERANCE = 0.03  # a larger count must be faster by this share of the family's layers' time (noise)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +120,30 @@ class LatencyBudget:
             for a, idx in lay.axes:
                 kernel[a] = kernel[a] - 2 * len(idx) + 2 * int(np.round(e[list(idx)]).sum())
             out[lay.name] = self._layer_ms(lay, tuple(kernel), *self._channels(lay, e))
+        return out
+
+    def dominated_counts(self, space: GateSpace, tolerance: float = DOMINATED_TOLERANCE) -> dict[int, tuple[int, ...]]:
+        """Family id -> the allowed kept counts (gated slots) the table predicts run slower than
+        some larger allowed count of the same family, every other gate kept: counts the runtime's
+        blocking punishes, which a selection should never choose (keeping more would be faster
+        and more accurate). "Slower" means by more than ``tolerance`` of the time of the layers
+        the family touches (timing noise must not remove counts)."""
+        ones = np.ones(space.size)
+        full = self.layer_ms(space.effective(ones))
+        out = {}
+        for fam in space.families:
+            allowed = fam.allowed()
+            ms, touched = {}, set()
+            for k in allowed:
+                h = ones.copy()
+                h[list(fam.gates[k:])] = 0.0
+                layers = self.layer_ms(space.effective(h))
+                touched |= {name for name, v in layers.items() if v != full[name]}
+                ms[k] = self.ms(space.effective(h))
+            margin = tolerance * sum(full[name] for name in touched)
+            slow = tuple(k for i, k in enumerate(allowed[:-1]) if min(ms[j] for j in allowed[i + 1:]) < ms[k] - margin)
+            if slow:
+                out[fam.id] = slow
         return out
 
     def slower_counts(self, space: GateSpace, h: np.ndarray, tolerance: float = 0.01) -> list[dict]:

@@ -41,7 +41,7 @@ from ..errors import UsageError
 from ..selection.gates import GateSpace
 from ..selection.select import check_has_flops, prepare, select
 from . import CompressConfig, MethodResult
-from .latency import latency_budget, latency_report
+from .latency import latency_budget, latency_report, use_runtime_counts
 
 
 MIN_GROUPED_KERNEL = 3     # without data, a depthwise / grouped kernel keeps at least this per axis
@@ -113,6 +113,7 @@ def run(model: onnx.ModelProto, data, config: CompressConfig) -> MethodResult:
                       multiple=config.channel_multiple)
     check_has_flops(problem)  # before the latency table is timed (a model without FLOPs has nothing to cut)
     latency = latency_budget(problem, config)
+    skipped_counts = [] if latency is None else use_runtime_counts(problem, latency)
     extra = [] if latency is None else [(latency, config.target_latency)]
     s = scores(problem.model, problem.space, conservative=calib is None)
     h, ratios = select(problem, s, config.target_flops, threshold=-np.inf, extra=extra)
@@ -133,6 +134,7 @@ def run(model: onnx.ModelProto, data, config: CompressConfig) -> MethodResult:
             for name, err in change.items() if not err <= WARN_CHANGE]
     if latency is not None:
         settings["latency"] = latency_report(problem, latency, zeroed, h, config)
+        settings["latency"]["skipped_counts"] = skipped_counts
     settings["seconds"] = round(time.perf_counter() - start, 2)
     return MethodResult(zeroed, settings, problem.space.choices(problem.model, h), quality)
 

@@ -29,6 +29,8 @@
 - :func:`latency_report`: cuts the zeroed model and times it against the canonical original
   (:func:`smof_onnx.verify.compare_latency`, alternating sessions, no spinning), so the report
   shows the predicted next to the measured ratio and the self-vs-self noise floor.
+- :func:`use_runtime_counts`: with a measured table, the channel counts it predicts run slower
+  than a larger count of the same family are left out of the selection.
 - ``--latency-runtime`` (``ort`` default, ``openvino``): the runtime the table, the corrections
   and the report's timings run on (:mod:`smof_onnx.runtimes`): the best channel counts and the
   time a kernel cut saves differ by runtime (ONNX Runtime runs counts that are not multiples of
@@ -50,7 +52,7 @@ from ..learn.latency_budget import DEFAULT_THREADS, LatencyBudget, build_latency
 from . import CompressConfig
 
 __all__ = ["latency_budget", "scoring_latency", "latency_report", "correct_by_measurement", "Correction",
-           "bench_batch"]
+           "bench_batch", "use_runtime_counts"]
 
 MEASURE_S = 4.0
 REPORT_S = 0.5  # the report's timing without a latency target: informative, not a contract
@@ -172,6 +174,20 @@ def latency_budget(problem, config: CompressConfig, force: bool = False, batch: 
     finally:
         if bar is not None:
             bar.close()
+
+
+def use_runtime_counts(problem, latency: LatencyBudget) -> list[dict]:
+    """Leave out of every channel family the counts the measured table predicts run slower than a
+    larger allowed count (:meth:`LatencyBudget.dominated_counts`): the channel-multiple rule then
+    follows the runtime's measurements, not only a constant. Edits ``problem.space`` in place and
+    returns the report's rows (``{"tensors", "counts"}``, counts as whole tensor channels)."""
+    dominated = latency.dominated_counts(problem.space)
+    rows = []
+    for i, fam in enumerate(problem.space.families):
+        if fam.id in dominated:
+            problem.space.families[i] = dataclasses.replace(fam, skip=tuple(sorted(set(fam.skip) | set(dominated[fam.id]))))
+            rows.append({"tensors": list(fam.tensors[:3]), "counts": [fam.base + k for k in dominated[fam.id]]})
+    return rows
 
 
 def bench_batch(problem, config: CompressConfig) -> int:

@@ -15,7 +15,9 @@
 By default (not ``no_latency``) the per-layer ONNX Runtime table of the canonical model is
 measured at ``bench_batch`` (cached; :func:`smof_onnx.methods.latency.scoring_latency`) and the
 gate costs of search and selection are predicted-time savings (FLOPs where no table can be
-measured; ``method.latency.source`` says which); the per-layer choices carry the predicted
+measured; ``method.latency.source`` says which); channel counts the table predicts run slower
+than a larger count are left out (:func:`.latency.use_runtime_counts`,
+``method.latency.skipped_counts``); the per-layer choices carry the predicted
 milliseconds before and after. With ``target_latency`` the selection also meets the predicted latency, corrected by
 timing the cut model (:func:`.latency.correct_by_measurement`, which confirms the chosen
 selection by a second timing); the settings report the predicted and the measured ratio of the
@@ -37,9 +39,9 @@ import onnx
 
 from ..batching import free_batch
 from ..data import as_calibration
-from ..errors import DataError, UsageError
+from ..errors import DataError, UnsupportedModelError, UsageError
 from . import CompressConfig, MethodResult
-from .latency import correct_by_measurement, latency_report, scoring_latency
+from .latency import correct_by_measurement, latency_report, scoring_latency, use_runtime_counts
 
 
 def run(model: onnx.ModelProto, data, config: CompressConfig, teacher: onnx.ModelProto | None = None) -> MethodResult:
@@ -75,9 +77,18 @@ def run(model: onnx.ModelProto, data, config: CompressConfig, teacher: onnx.Mode
     latency, latency_source = scoring_latency(problem, config)
     # one timing for every rank (timings differ between processes): rank 0's
     latency, latency_source = distributed.broadcast_object((latency, latency_source))
+    families = list(problem.space.families)
+    skipped_counts = [] if latency is None else use_runtime_counts(problem, latency)
     extra = [] if config.target_latency is None else [(latency, config.target_latency)]
     # reachable? (else a clear error before any training)
-    select(problem, np.zeros(problem.space.size), config.target_flops, check=False, extra=extra)
+    try:
+        select(problem, np.zeros(problem.space.size), config.target_flops, check=False, extra=extra)
+    except UnsupportedModelError:
+        if not skipped_counts:
+            raise
+        problem.space.families[:] = families  # the slow counts are needed to reach the target: keep them
+        skipped_counts = [{"restored": "the target needs the counts the table predicts slower"}]
+        select(problem, np.zeros(problem.space.size), config.target_flops, check=False, extra=extra)
     calib = as_calibration(calib, problem.model, config.input_shapes)
     train_set, val_set = calib.split(config.val_split, config.seed)
     batching = free_batch(problem.model, train_set.inputs)  # most exports fix the batch at 1
@@ -139,6 +150,7 @@ def run(model: onnx.ModelProto, data, config: CompressConfig, teacher: onnx.Mode
     choices = problem.space.choices(problem.model, h)
     if latency is not None:
         settings_out["latency"] = latency_report(problem, latency, zeroed, h, config, latency_source)
+        settings_out["latency"]["skipped_counts"] = skipped_counts
         if config.target_latency is not None:
             settings_out["latency"]["selection_rounds"] = corrections
         before, after = latency.layer_ms(np.ones(problem.space.size)), latency.layer_ms(problem.space.effective(h))

@@ -72,12 +72,13 @@ class Family:
     base: int                # channels of the first tensor that are not gated by this family
     tensors: tuple[str, ...]
     multiple: int = 1        # kept channel counts are multiples of this (or the full count)
+    skip: tuple[int, ...] = ()  # counts left out although they fit the multiple (a runtime runs them slower)
 
     def allowed(self, multiple: int | None = None) -> list[int]:
         """Kept counts allowed for this family (ascending), never 0; ``multiple`` overrides."""
         multiple = self.multiple if multiple is None else multiple
         n = len(self.gates)
-        ok = [k for k in range(1, n) if (self.base + k) % multiple == 0]
+        ok = [k for k in range(1, n) if (self.base + k) % multiple == 0 and k not in self.skip]
         return ok + [n]
 
 
