@@ -152,3 +152,10 @@ def test_the_pruned_point_is_the_best_realisable_one_and_spends_the_budget():
     assert point["w"] * space.counted(point["d"], point["r"]) <= target + 1e-12
     flat = _on_grid(space, lambda d, w, r: 0.5, target, w_min)  # a flat fit: spend the most
     assert flat["w"] * space.counted(flat["d"], flat["r"]) == pytest.approx(max(c for *_, c in realisable()))
+
+
+def test_torchrun_is_refused_with_what_to_do(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(UsageError, match="runs in one process"):
+        api.compress(str(MODEL), data=str(CALIB), method="3d", **FAST)

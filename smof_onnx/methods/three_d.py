@@ -28,7 +28,7 @@
    its teacher (stage-output distillation only when r* = 1: the stage maps differ in size
    otherwise); at w* = 1 the model is fine-tuned with the zeros fixed instead.
 The settings carry the plan (space, samples, fit, solution), the removed blocks, the resolution,
-and the predicted and measured quality. Needs torch and data.
+and the predicted and measured quality. Needs torch and data; one process (not under torchrun).
 """
 from __future__ import annotations
 
@@ -257,6 +257,11 @@ def run(model: onnx.ModelProto, data, config: CompressConfig) -> MethodResult:
         import torch  # noqa: F401
     except ImportError:
         raise UsageError("--method 3d needs PyTorch (pip install 'smof-onnx[torch]')") from None
+    from ..learn.distributed import world_from_env
+
+    if world_from_env()[0] > 1:
+        raise UsageError("--method 3d runs in one process: its plan samples are not sharded across torchrun "
+                         "ranks; start it without torchrun (--device cuda trains on one GPU)")
     from . import smof
 
     start = time.perf_counter()
