@@ -170,9 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--channel-multiple", type=int, help="keep channel counts a multiple of this (default 0: 16 for layers of >= 32 channels, else 8)")
     m.add_argument("--target-latency", type=float, help="fraction of the measured latency to keep")
     m.add_argument("--bench-batch", type=int, help="batch size of latency measurements")
-    m.add_argument("--latency-runtime", choices=["ort", "openvino"],
-                   help="the runtime the latency table and timings run on (default ort; openvino needs "
-                   "the [openvino] extra)")
+    m.add_argument("--latency-runtime", choices=["ort", "ort-int8", "openvino"],
+                   help="the runtime the latency table and timings run on: ort (default), ort-int8 (the "
+                   "model as `export --quantize int8` writes it) or openvino (needs the [openvino] extra)")
     m.add_argument("--no-latency", dest="no_latency", action="store_const", const=True,
                    help="smof: score gates by the FLOPs they save, not by the time a measured per-layer "
                    "latency table predicts they save (the default)")

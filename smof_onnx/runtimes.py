@@ -1,8 +1,11 @@
 """The CPU runtimes models are timed on, behind one callable per model, and how they are timed.
 
-``RUNTIMES``: ``ort`` (ONNX Runtime, graph optimisations on, no spinning) and ``openvino``
-(OpenVINO's CPU plugin on the ONNX file, ``INFERENCE_PRECISION_HINT`` f32, one stream,
-``INFERENCE_NUM_THREADS`` threads, CPU pinning off: see :mod:`smof_onnx.export.openvino` for why).
+``RUNTIMES``: ``ort`` (ONNX Runtime, graph optimisations on, no spinning), ``ort-int8`` (the same
+on the model quantized as ``smof-onnx export --quantize int8`` does it,
+:func:`smof_onnx.export.quantize.quantize_ort`, calibrated on the feed it will be timed on or on
+random normal inputs) and ``openvino`` (OpenVINO's CPU plugin on the ONNX file,
+``INFERENCE_PRECISION_HINT`` f32, one stream, ``INFERENCE_NUM_THREADS`` threads, CPU pinning off:
+see :mod:`smof_onnx.export.openvino` for why).
 
 - :func:`runner`: ``model`` on ``runtime`` as a :data:`Runner` (graph-input feeds in, outputs
   out); a runtime that is not installed is a :class:`RuntimeMissingError` naming the extra.
@@ -25,7 +28,7 @@ import onnx
 
 from .errors import UsageError
 
-RUNTIMES = ("ort", "openvino")
+RUNTIMES = ("ort", "ort-int8", "openvino")
 EXTRAS = {"openvino": "openvino"}
 Runner = Callable[[Mapping[str, np.ndarray]], list[np.ndarray]]
 
@@ -60,15 +63,31 @@ def check_runtime(runtime: str, what: str = "--latency-runtime") -> None:
 def version(runtime: str) -> str:
     if runtime == "openvino":
         return str(require("openvino", "openvino", "--latency-runtime openvino").__version__)
+    if runtime == "ort-int8":  # the quantizer ships with ONNX Runtime
+        import onnxruntime
+
+        return f"{onnxruntime.__version__} (int8 QDQ)"
     import onnxruntime
 
     return onnxruntime.__version__
 
 
-def runner(model: onnx.ModelProto, runtime: str, threads: int) -> Runner:
-    """``model`` compiled for the CPU on ``runtime`` with ``threads`` threads."""
+def runner(model: onnx.ModelProto, runtime: str, threads: int,
+           calibration: Mapping[str, np.ndarray] | None = None) -> Runner:
+    """``model`` compiled for the CPU on ``runtime`` with ``threads`` threads; ``calibration``:
+    the feed ``ort-int8`` calibrates its activation ranges on (default: random normal inputs)."""
     check_runtime(runtime)
     names = [o.name for o in model.graph.output]
+    if runtime == "ort-int8":
+        from .export.quantize import quantize_ort
+        from .verify import random_feeds
+
+        feed = dict(calibration) if calibration is not None else random_feeds(model, None, seed=0)
+        with tempfile.TemporaryDirectory(prefix="smof-int8-") as tmp:
+            src, dst = Path(tmp) / "model.onnx", Path(tmp) / "int8.onnx"
+            onnx.save_model(model, str(src))
+            model = quantize_ort(src, dst, [feed])
+        runtime = "ort"
     if runtime == "ort":
         import onnxruntime as ort
 

@@ -180,7 +180,7 @@ def test_an_unknown_or_missing_runtime_is_a_usage_error(monkeypatch):
     from smof_onnx.errors import UsageError
     from smof_onnx.runtimes import RuntimeMissingError, check_runtime
 
-    with pytest.raises(UsageError, match="choose one of ort, openvino"):
+    with pytest.raises(UsageError, match="choose one of ort, ort-int8, openvino"):
         check_runtime("tensorrt")
     real_import = builtins.__import__
 
@@ -193,3 +193,31 @@ def test_an_unknown_or_missing_runtime_is_a_usage_error(monkeypatch):
     monkeypatch.delitem(__import__("sys").modules, "openvino", raising=False)
     with pytest.raises(RuntimeMissingError, match=r"pip install 'smof-onnx\[openvino\]'"):
         check_runtime("openvino")
+
+
+def test_int8_cells_are_timed_on_the_quantized_conv(tmp_path, monkeypatch):
+    """ort-int8 times the QDQ model `export --quantize int8` would write, calibrated on the cell's feed."""
+    from smof_onnx import runtimes
+
+    quantized = []
+    real = runtimes.runner
+
+    def spy(model, runtime, threads, calibration=None):
+        run = real(model, runtime, threads, calibration)
+        quantized.append((runtime, calibration is not None))
+        return run
+
+    monkeypatch.setattr(runtimes, "runner", spy)
+    m, feed = micro_conv(conv_sites(two_conv_model(), {"x": [1, 8, 12, 12]})[0], (3, 3), 8, 16, 1)
+    assert latency.time_model(m, feed, 1, 0.0, 1, 5, "ort-int8") > 0
+    assert quantized == [("ort-int8", True)]
+    from smof_onnx.export.quantize import quantize_ort
+
+    q = quantize_ort(_save(m, tmp_path), tmp_path / "q.onnx", [feed])
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in q.graph.node}
+
+
+def _save(model, folder):
+    path = folder / "m.onnx"
+    onnx.save_model(model, str(path))
+    return path

@@ -10,7 +10,8 @@ Rules:
   (random weights, pads reduced by the
   cut rule of design 3.1, so the output size is the original's) run on ``config.runtime``
   (:mod:`smof_onnx.runtimes`: ONNX Runtime with graph optimisations on, ``allow_spinning = 0``
-  and ``threads`` intra-op threads; or OpenVINO's CPU plugin, f32, ``threads`` threads).
+  and ``threads`` intra-op threads, on the model or its int8 quantization; or OpenVINO's CPU
+  plugin, f32, ``threads`` threads).
 - ``LatencyTable.predict(choices)`` sums the layers' times: exact for a measured kernel,
   linear interpolation (and extrapolation) between channel grid points. Layers absent from
   ``choices`` count at their original shape. Non-conv work is not in the table: the budget
@@ -199,7 +200,8 @@ def time_model(model: onnx.ModelProto, feed: dict, threads: int, budget_s: float
     at least 5 runs, then until ``budget_s`` seconds or ``max_runs`` runs."""
     from ..runtimes import runner, time_runners
 
-    return time_runners([runner(model, runtime, threads)], [feed], budget_s, warmup=warmup, max_runs=max_runs)[0]
+    return time_runners([runner(model, runtime, threads, calibration=feed)], [feed], budget_s, warmup=warmup,
+                        max_runs=max_runs)[0]
 
 
 class LatencyTable:

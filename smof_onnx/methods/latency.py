@@ -31,7 +31,7 @@
   shows the predicted next to the measured ratio and the self-vs-self noise floor.
 - :func:`use_runtime_counts`: with a measured table, the channel counts it predicts run slower
   than a larger count of the same family are left out of the selection.
-- ``--latency-runtime`` (``ort`` default, ``openvino``): the runtime the table, the corrections
+- ``--latency-runtime`` (``ort`` default, ``ort-int8``, ``openvino``): the runtime the table, the corrections
   and the report's timings run on (:mod:`smof_onnx.runtimes`): the best channel counts and the
   time a kernel cut saves differ by runtime (ONNX Runtime runs counts that are not multiples of
   16 slower on this CPU; OpenVINO did not).
@@ -221,7 +221,8 @@ def _measure(problem, zeroed: onnx.ModelProto, config: CompressConfig, budget_s:
     from ..runtimes import runner, time_runners
 
     feed = random_feeds(problem.model, bench, seed=0)
-    runs = [runner(m, config.latency_runtime, DEFAULT_THREADS) for m in (problem.model, cut, problem.model)]
+    runs = [runner(m, config.latency_runtime, DEFAULT_THREADS, calibration=feed)
+            for m in (problem.model, cut, problem.model)]
     a, b, again = time_runners(runs, [feed] * 3, budget_s)
     return _Timing(a, b, again / a)
 
