@@ -13,10 +13,10 @@
 3. **Samples**: the original (quality measured, no training) and, from the original's weights
    each time (never from scratch), three levels per dimension (:data:`LEVELS`) and four mixed
    points of the middle levels, each pruned (depth: the ordered blocks; resolution: the in-graph
-   resize; width: ``l2`` filter-norm and kernel-border scores at the width share, the cheap
-   width operator, since a sample needs a relative, not a final, quality) then fine-tuned with the
-   zeros fixed for ``plan_steps`` optimiser steps (default :data:`PLAN_STEPS`), distilled from
-   the original's outputs; quality on the held-out split: accuracy with labels, else top-1
+   resize; width: ``qr`` at the width share, training-free and close to the final width method's
+   quality, ``l2``'s scores where qr cannot prune the model: :func:`_width`; the share it
+   reached is the sample's w) then fine-tuned with the zeros fixed for ``plan_steps`` optimiser
+   steps (default :data:`PLAN_STEPS`), distilled from the original's outputs; quality on the held-out split: accuracy with labels, else top-1
    agreement, mask IoU, or 1 - relative RMS error.
 4. **Fit** (:func:`smof_onnx.selection.plan_fit.fit_quality`): the monotone degree-2 polynomial
    over the dimensions in use; **solve** (:func:`smof_onnx.selection.plan_solve.solve_plan`):
@@ -45,6 +45,7 @@ from . import CompressConfig, MethodResult
 
 LEVELS = {"depth": (0.75, 0.5, 0.25), "width": (0.7, 0.5, 0.3), "resolution": (1 / 3, 2 / 3, 1.0)}
 RANK_SAMPLES = 256
+QR_SAMPLES = 512    # calibration samples qr reads for a plan sample's width
 PLAN_STEPS = 120
 W_MIN = 0.15        # the smallest width share the solver considers
 FULL_WIDTH = 0.995  # a width share above this is no width cut
@@ -166,15 +167,37 @@ def rank_blocks(ctx: _Context, blocks) -> dict[str, float]:
     return out
 
 
-def _width(space, model: onnx.ModelProto, share: float, config: CompressConfig) -> onnx.ModelProto:
-    """``model`` with l2's width choice at ``share`` of its FLOPs (the samples' width operator)."""
+def _width(space, model: onnx.ModelProto, share: float, config: CompressConfig, calib) -> tuple[onnx.ModelProto, str]:
+    """``model`` cut to ``share`` of its FLOPs in width, the samples' width operator: ``qr``
+    (pivoted QR channel selection with least-squares refit, no training; on up to
+    :data:`QR_SAMPLES` training samples), else, where qr cannot prune the model, ``l2``'s
+    filter-norm and kernel-border scores. Returns (zeroed model, operator)."""
+    from ..errors import SmofError
     from ..selection.select import prepare, select
     from .l2 import scores
+    from .qr import QRConfig
+    from .qr import run as qr_run
 
-    problem = prepare(model, space.shapes, kernel=config.kernel, channel=config.channel,
-                      multiple=config.channel_multiple)
-    h, _ = select(problem, scores(problem.model, problem.space), share, threshold=-np.inf)
-    return problem.space.apply(problem.model, h)
+    try:
+        subset = calib.subset(np.arange(min(len(calib), QR_SAMPLES)))
+        result = qr_run(model, subset, QRConfig(target_flops=float(share), seed=config.seed, channel_multiple=8,
+                                                batch_size=config.batch_size, progress_bars=False, allow_miss=True))
+        return result.model, "qr"
+    except SmofError:
+        problem = prepare(model, space.shapes, kernel=config.kernel, channel=config.channel,
+                          multiple=config.channel_multiple)
+        h, _ = select(problem, scores(problem.model, problem.space), share, threshold=-np.inf)
+        return problem.space.apply(problem.model, h), "l2"
+
+
+def _share(space, variant: onnx.ModelProto, zeroed: onnx.ModelProto) -> float:
+    """The FLOPs share ``zeroed`` keeps of ``variant`` once cut (what the width operator reached)."""
+    from ..passes import graph as pgraph
+    from ..passes import pipeline
+    from ..passes.analysis.flops import count_cost
+
+    cut = pgraph.to_model(pipeline.cut(pgraph.to_graph(zeroed), space.shapes).graph)
+    return count_cost(cut, space.shapes).flops / count_cost(variant, space.shapes).flops
 
 
 def _on_grid(space, fit, target: float, w_min: float) -> dict:
@@ -230,11 +253,14 @@ def make_plan(model: onnx.ModelProto, data, config: CompressConfig, ctx: _Contex
         for d, w, r in points:
             t0 = time.perf_counter()
             v = space.variant(ctx.canon, d, r)
+            operator = None
             if w < 1:
-                v = _width(space, v, w, config)
+                zeroed, operator = _width(space, v, w, config, ctx.train)
+                w = min(1.0, _share(space, v, zeroed))  # what the operator reached, not what was asked
+                v = zeroed
             q, _ = score(ctx.quality(ctx.finetune(v, steps)))
             samples.append({"d": d, "w": w, "r": r, "quality": q, "cost": round(space.cost(d, w, r), 6),
-                            "seconds": round(time.perf_counter() - t0, 2)})
+                            "width_operator": operator, "seconds": round(time.perf_counter() - t0, 2)})
             bar.update(quality=q)
         bar.close()
         axes = tuple(AXES[d] for d in space.dims)
