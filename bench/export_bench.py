@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models import fashion_mnist  # noqa: E402
 from smof_onnx.export import ExportConfig, export  # noqa: E402
-from smof_onnx.runtimes import time_runners  # noqa: E402
+from smof_onnx.export.runtimes import time_runners  # noqa: E402
 
 RUNTIMES = [("ORT fp32", "onnx", None), ("ORT int8", "onnx", "int8"), ("ORT format", "ort", None),
             ("OpenVINO fp32", "openvino", None), ("OpenVINO int8", "openvino", "int8"), ("TFLite fp32", "tflite", None)]

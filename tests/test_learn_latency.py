@@ -178,7 +178,8 @@ def test_an_unknown_or_missing_runtime_is_a_usage_error(monkeypatch):
     import builtins
 
     from smof_onnx.errors import UsageError
-    from smof_onnx.runtimes import RuntimeMissingError, check_runtime
+    from smof_onnx.export.base import RuntimeMissingError
+    from smof_onnx.export.runtimes import check_runtime
 
     with pytest.raises(UsageError, match="choose one of ort, ort-int8, openvino"):
         check_runtime("tensorrt")
@@ -197,7 +198,7 @@ def test_an_unknown_or_missing_runtime_is_a_usage_error(monkeypatch):
 
 def test_int8_cells_are_timed_on_the_quantized_conv(tmp_path, monkeypatch):
     """ort-int8 times the QDQ model `export --quantize int8` would write, calibrated on the cell's feed."""
-    from smof_onnx import runtimes
+    from smof_onnx.export import runtimes
 
     quantized = []
     real = runtimes.runner

@@ -10,10 +10,28 @@ NCHW layout whatever the runtime's own layout is).
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
-from ..runtimes import Runner, RuntimeMissingError, require  # noqa: F401 -- the targets' shared names
+import numpy as np
+
+from ..errors import UsageError
+
+Runner = Callable[[Mapping[str, np.ndarray]], list[np.ndarray]]
+
+
+class RuntimeMissingError(UsageError):
+    """The runtime a command needs is not installed (exit 2); the message names the extra."""
+
+
+def require(module: str, extra: str, what: str) -> object:
+    """Import ``module`` or raise :class:`RuntimeMissingError` saying which extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise RuntimeMissingError(f"{what} needs the Python package '{module.split('.')[0]}', which is not "
+                                  f"installed ({exc}); install it with: pip install 'smof-onnx[{extra}]'") from None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,7 +3,7 @@
 ``onnx``: :func:`smof_onnx.verify.compare_latency` (ORT sessions rotated, plus the input against a
 second session of itself: ``self_ratio`` near 1.00 says the machine was quiet). ``ort`` and
 ``openvino``: the input model (ORT session / OpenVINO compiling the ONNX file, f32 hint) and the
-artifact rotated by :func:`smof_onnx.runtimes.time_runners`. ``tflite``: the artifact timed inside the TFLite
+artifact rotated by :func:`smof_onnx.export.runtimes.time_runners`. ``tflite``: the artifact timed inside the TFLite
 environment, the input model under ONNX Runtime (there is no TFLite build of the input to compare
 with without a second conversion).
 """
@@ -15,7 +15,7 @@ from typing import Any
 import onnx
 
 from .. import verify as ver
-from ..runtimes import time_runners
+from .runtimes import time_runners
 
 
 def measure(to: str, ref_path: Path, m: onnx.ModelProto, candidate: onnx.ModelProto, runner,

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import VerificationError
-from ..runtimes import openvino_cpu_config
+from .runtimes import openvino_cpu_config
 from .base import Artifact, Runner, require
 
 EXTRA = "openvino"

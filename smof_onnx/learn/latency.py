@@ -9,7 +9,7 @@ Rules:
 - Each cell is the median time (at most :data:`MAX_RUNS` runs) of a single-Conv model
   (random weights, pads reduced by the
   cut rule of design 3.1, so the output size is the original's) run on ``config.runtime``
-  (:mod:`smof_onnx.runtimes`: ONNX Runtime with graph optimisations on, ``allow_spinning = 0``
+  (:mod:`smof_onnx.export.runtimes`: ONNX Runtime with graph optimisations on, ``allow_spinning = 0``
   and ``threads`` intra-op threads, on the model or its int8 quantization; or OpenVINO's CPU
   plugin, f32, ``threads`` threads).
 - ``LatencyTable.predict(choices)`` sums the layers' times: exact for a measured kernel,
@@ -55,7 +55,7 @@ class LatencyConfig:
     channel_fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
     channel_multiple: int = 1
     cache_dir: str | None = None
-    runtime: str = "ort"  # :data:`smof_onnx.runtimes.RUNTIMES`
+    runtime: str = "ort"  # :data:`smof_onnx.export.runtimes.RUNTIMES`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,9 +196,9 @@ MAX_RUNS = 200  # runs per cell at most: a tiny conv's median is stable long bef
 
 def time_model(model: onnx.ModelProto, feed: dict, threads: int, budget_s: float, warmup: int,
                max_runs: int = MAX_RUNS, runtime: str = "ort") -> float:
-    """Median milliseconds of ``model`` on ``feed`` on ``runtime`` (:func:`smof_onnx.runtimes.runner`):
+    """Median milliseconds of ``model`` on ``feed`` on ``runtime`` (:func:`smof_onnx.export.runtimes.runner`):
     at least 5 runs, then until ``budget_s`` seconds or ``max_runs`` runs."""
-    from ..runtimes import runner, time_runners
+    from ..export.runtimes import runner, time_runners
 
     return time_runners([runner(model, runtime, threads, calibration=feed)], [feed], budget_s, warmup=warmup,
                         max_runs=max_runs)[0]
@@ -268,7 +268,7 @@ def machine_id(threads: int, runtime: str = "ort") -> dict:
                     break
     except OSError:
         pass
-    from ..runtimes import version
+    from ..export.runtimes import version
 
     out = {"cpu": cpu, "cpu_count": os.cpu_count(), "threads": threads, "onnxruntime": ort.__version__}
     if runtime != "ort":  # ORT tables keep their old keys (and cache entries)

@@ -180,7 +180,7 @@ def build_latency_budget(model: onnx.ModelProto, shapes: Mapping[str, Sequence[i
                          cache_dir: str | None = None, progress=None, runtime: str = "ort") -> LatencyBudget:
     """Measure (or load the cached) table of ``model`` at ``batch`` and wrap it as a budget.
 
-    ``runtime``: where the table is timed (:data:`smof_onnx.runtimes.RUNTIMES`).
+    ``runtime``: where the table is timed (:data:`smof_onnx.export.runtimes.RUNTIMES`).
     ``terms``: the :class:`~smof_onnx.selection.budget.LayerTerm` list of the FLOPs budget of the
     same canonical model. The channel grid holds every count the gates can reach (multiples of
     ``space.multiple``, 8 for the auto rule, from a quarter of the layer up), so the odd-count slow-downs are measured,

@@ -80,7 +80,7 @@ class CompressConfig:
     ``device``: where PyTorch trains (smof, and l2's fine-tune): ``auto`` / None (CUDA when
     available), ``cpu``, ``cuda``, ``cuda:N``; ``amp``: CUDA autocast (:mod:`smof_onnx.learn.device`).
     ``latency_runtime``: the runtime the latency table and the timings run on (``ort``,
-    ``openvino``; :mod:`smof_onnx.runtimes`).
+    ``openvino``; :mod:`smof_onnx.export.runtimes`).
     ``dims`` / ``min_resolution`` / ``plan_steps``: ``3d`` only: the dimensions it may plan (a
     subset of depth, width, resolution, or a comma-separated string; None: all three), the
     smallest input scale (None: 0.5) and the fine-tune steps of each plan sample (None: 120).
@@ -159,7 +159,7 @@ class CompressConfig:
         if not isinstance(self.amp, bool):
             raise UsageError(f"--amp {self.amp!r}: must be true or false")
         if self.latency_runtime != "ort":
-            from ..runtimes import check_runtime  # torch-free; a missing runtime names its extra
+            from ..export.runtimes import check_runtime  # torch-free; a missing runtime names its extra
 
             check_runtime(self.latency_runtime)
         if self.dims is not None:

@@ -32,7 +32,7 @@
 - :func:`use_runtime_counts`: with a measured table, the channel counts it predicts run slower
   than a larger count of the same family are left out of the selection.
 - ``--latency-runtime`` (``ort`` default, ``ort-int8``, ``openvino``): the runtime the table, the corrections
-  and the report's timings run on (:mod:`smof_onnx.runtimes`): the best channel counts and the
+  and the report's timings run on (:mod:`smof_onnx.export.runtimes`): the best channel counts and the
   time a kernel cut saves differ by runtime (ONNX Runtime runs counts that are not multiples of
   16 slower on this CPU; OpenVINO did not).
 """
@@ -207,7 +207,7 @@ def _measure(problem, zeroed: onnx.ModelProto, config: CompressConfig, budget_s:
              batch: int | None = None) -> _Timing:
     """The cut of ``zeroed`` timed against the canonical original on ``config.latency_runtime``:
     ONNX Runtime by :func:`smof_onnx.verify.compare_latency`; another runtime by
-    :func:`smof_onnx.runtimes.time_runners` (original, cut, and the original again for the
+    :func:`smof_onnx.export.runtimes.time_runners` (original, cut, and the original again for the
     self-vs-self ratio, rotated)."""
     from ..verify import compare_latency, random_feeds
 
@@ -218,7 +218,7 @@ def _measure(problem, zeroed: onnx.ModelProto, config: CompressConfig, budget_s:
     if config.latency_runtime == "ort":
         cmp = compare_latency(problem.model, cut, bench, threads=DEFAULT_THREADS, batch=batch, budget_s=budget_s)
         return _Timing(cmp.a.median_ms, cmp.b.median_ms, cmp.self_ratio)
-    from ..runtimes import runner, time_runners
+    from ..export.runtimes import runner, time_runners
 
     feed = random_feeds(problem.model, bench, seed=0)
     runs = [runner(m, config.latency_runtime, DEFAULT_THREADS, calibration=feed)

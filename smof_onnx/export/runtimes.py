@@ -16,34 +16,20 @@ Torch-free.
 """
 from __future__ import annotations
 
-import importlib
 import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Mapping
 
 import numpy as np
 import onnx
 
-from .errors import UsageError
+from ..errors import UsageError
+from .base import Runner, require
 
 RUNTIMES = ("ort", "ort-int8", "openvino")
 EXTRAS = {"openvino": "openvino"}
-Runner = Callable[[Mapping[str, np.ndarray]], list[np.ndarray]]
-
-
-class RuntimeMissingError(UsageError):
-    """The runtime a command needs is not installed (exit 2); the message names the extra."""
-
-
-def require(module: str, extra: str, what: str) -> object:
-    """Import ``module`` or raise :class:`RuntimeMissingError` saying which extra installs it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise RuntimeMissingError(f"{what} needs the Python package '{module.split('.')[0]}', which is not "
-                                  f"installed ({exc}); install it with: pip install 'smof-onnx[{extra}]'") from None
 
 
 def openvino_cpu_config(threads: int, precision: str = "f32") -> dict[str, str]:
@@ -79,8 +65,8 @@ def runner(model: onnx.ModelProto, runtime: str, threads: int,
     check_runtime(runtime)
     names = [o.name for o in model.graph.output]
     if runtime == "ort-int8":
-        from .export.quantize import quantize_ort
-        from .verify import random_feeds
+        from .quantize import quantize_ort
+        from ..verify import random_feeds
 
         feed = dict(calibration) if calibration is not None else random_feeds(model, None, seed=0)
         with tempfile.TemporaryDirectory(prefix="smof-int8-") as tmp:
@@ -91,7 +77,7 @@ def runner(model: onnx.ModelProto, runtime: str, threads: int,
     if runtime == "ort":
         import onnxruntime as ort
 
-        from .verify import session_options
+        from ..verify import session_options
 
         sess = ort.InferenceSession(model.SerializeToString(), session_options(True, threads),
                                     providers=["CPUExecutionProvider"])
