@@ -445,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.torch_threads)
     command = "python bench/compare.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    commit = git_commit()  # at the start: the code the run imports, whatever the checkout holds when it ends
     x_test, y_test = fashion_mnist.load("test")
     x_test, y_test = x_test[:args.test_images], y_test[:args.test_images]
     x_cal, y_cal = fm.calibration(args.calib, args.seed)
@@ -474,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     print(header + "\n\n" + text)
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     out = args.out or OUT_DIR / f"compare-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
-    payload = {"command": command, "git_commit": git_commit(),
+    payload = {"command": command, "git_commit": commit,
                "args": _jsonable({k: v for k, v in vars(args).items() if k != "out"}),
                "environment": environment(args), "base_models": bases, "rows": _jsonable(rows),
                "total_seconds": round(total, 1), "table": text}
