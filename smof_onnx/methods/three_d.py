@@ -131,11 +131,13 @@ class _Context:
         self.names = [o.name for o in self.canon.graph.output]
         self.reference = batches.predict(OnnxModule(self.canon).eval(), self.eval_set, self.batch)
 
-    def quality(self, model: onnx.ModelProto) -> dict:
+    def quality(self, model: onnx.ModelProto | None = None) -> dict:
+        """Quality of ``model`` against the original on the evaluation split (None: the original's own)."""
         from ..learn import batches, quality
         from ..learn.executor import OnnxModule
 
-        after = batches.predict(OnnxModule(model).eval(), self.eval_set, self.batch)
+        after = self.reference if model is None else batches.predict(OnnxModule(model).eval(), self.eval_set,
+                                                                     self.batch)
         return quality.evaluate(self.reference, after, self.eval_set.labels, "val" if self.val is not None else "train",
                                 self.names)
 
@@ -241,7 +243,7 @@ def make_plan(model: onnx.ModelProto, data, config: CompressConfig, ctx: _Contex
     if "depth" in space.dims:
         order = rank_blocks(ctx, space.blocks)
         space = dataclasses.replace(space, blocks=tuple(sorted(space.blocks, key=lambda b: (order[b], b))))
-    q0, metric = score(ctx.quality(ctx.canon))
+    q0, metric = score(ctx.quality())  # the predictions it already holds
     samples = [{"d": 1.0, "w": 1.0, "r": 1.0, "quality": q0, "cost": 1.0, "seconds": 0.0}]
     fit = solution = None
     if len(space.dims) == 1 and space.dims == ("width",):
