@@ -8,8 +8,9 @@ Rules (all as ONNX Runtime computes them, which the tests check op by op):
 - ConvTranspose runs unpadded (full output ``s (in - 1) + (k - 1) d + 1``), then adds
   ``output_padding`` zeros at the end and crops ``pads`` (or the pads implied by
   ``output_shape`` / SAME), then adds the bias, so every combination is exact.
-- Pooling computes the output size like ORT (ceil_mode: a window must start inside
-  the input or the leading pad), pads explicitly (-inf for max, 0 for average) and
+- Pooling computes the output size like ORT (the span divided by the stride truncated
+  toward zero, so a map smaller than the window still gives one output; ceil_mode: a
+  window must start inside the input or the leading pad), pads explicitly (-inf for max, 0 for average) and
   divides average sums by the count of counted cells (``count_include_pad`` counts
   explicit pads, never the ceil-mode overhang).
 - Resize is separable: per resized axis, the output coordinate is mapped to the
@@ -166,14 +167,22 @@ def _pool_plan(n: Node, x: torch.Tensor):
     kernel = n.get("kernel_shape")
     strides, dilations, pairs = _geometry(n, x, kernel)
     ceil = bool(n.get("ceil_mode", 0))
-    extra = []
+    extra, outs = [], []
     for size, k, s, d, (lo, hi) in zip(x.shape[2:], kernel, strides, dilations, pairs):
         span = size + lo + hi - (k - 1) * d - 1
-        out = (-(-span // s) if ceil else span // s) + 1
+        # ORT divides in float and truncates toward zero, so a map smaller than the
+        # window (span in (-s, 0)) still gives one output over the cells there are.
+        out = (-(-span // s) if ceil else int(span / s)) + 1
         if ceil and (out - 1) * s >= size + lo:
             out -= 1  # the last window would start in the trailing pad: dropped (ORT, torch)
+        outs.append(max(0, out))
         extra.append(max(0, (out - 1) * s + (k - 1) * d + 1 - (size + lo + hi)))
-    return kernel, strides, dilations, pairs, extra
+    return kernel, strides, dilations, pairs, extra, outs
+
+
+def _empty(x: torch.Tensor, outs: list[int]) -> torch.Tensor | None:
+    """ORT's (empty) output when no window fits along some axis, else None."""
+    return x.new_zeros(tuple(x.shape[:2]) + tuple(outs)) if 0 in outs else None
 
 
 def _maxpool_check(n: Node) -> str | None:
@@ -186,7 +195,9 @@ def _maxpool_check(n: Node) -> str | None:
 
 @op("MaxPool", check=_maxpool_check)
 def _maxpool(n, x):
-    kernel, strides, dilations, pairs, extra = _pool_plan(n, x)
+    kernel, strides, dilations, pairs, extra, outs = _pool_plan(n, x)
+    if (empty := _empty(x, outs)) is not None:
+        return empty
     full = [(lo, hi + e) for (lo, hi), e in zip(pairs, extra)]
     if any(p for pair in full for p in pair):
         x = F.pad(x, torch_pads(full), value=-math.inf)
@@ -201,7 +212,9 @@ def _avgpool_check(n: Node) -> str | None:
 
 @op("AveragePool", check=_avgpool_check)
 def _avgpool(n, x):
-    kernel, strides, _, pairs, extra = _pool_plan(n, x)
+    kernel, strides, _, pairs, extra, outs = _pool_plan(n, x)
+    if (empty := _empty(x, outs)) is not None:
+        return empty
     pool = _AVGPOOL[len(kernel)]
     full = [(lo, hi + e) for (lo, hi), e in zip(pairs, extra)]
     if not any(p for pair in full for p in pair):
