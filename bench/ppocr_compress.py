@@ -1,8 +1,11 @@
-"""smof on the real PP-OCR cls and det models from rendered, label-free calibration images.
+"""smof on the real PP-OCR cls, rec and det models from rendered, label-free calibration images.
 
     OMP_NUM_THREADS=1 python bench/ppocr_compress.py [--quick] [--cls-targets 0.5,0.3]
-        [--det-targets 0.5] [--cls-lines 512] [--det-pages 128] [--det-size 256x256]
-        [--cls-epochs 2,2] [--det-epochs 1,1] [--cls-batch 32] [--det-batch 8] [--threads 1]
+        [--rec-targets 0.7] [--det-targets 0.5] [--cls-lines 512] [--rec-lines 256]
+        [--det-pages 128] [--det-size 256x256] [--cls-epochs 2,2] [--rec-epochs 1,1]
+        [--det-epochs 1,1] [--cls-batch 32] [--rec-batch 16] [--det-batch 8] [--threads 1]
+
+``--*-epochs auto`` runs smof's default schedule (about 300 search and 600 fine-tune steps).
 
 Each row is ``smof_onnx.api.compress(<rapidocr's model>, data=models.ppocr_calib.calibration(
 kind, n), method="smof", target_flops=F, val_split=0.2, epochs=E, finetune_epochs=E2,
@@ -12,7 +15,8 @@ Columns: FLOPs ratio of the cut model (counted at the calibration shape), params
 after, the report's agreement on the held-out 20% (cls: top-1 agreement with the original;
 det: max relative error of the probability map), then checks on fresh renderings (seed 1)
 that the compressor never saw -- cls: orientation accuracy against the rendered truth,
-original -> compressed; det: IoU of the text masks binarised at rapidocr's ``Det.thresh``
+original -> compressed; rec: the share of fresh lines whose greedy CTC decoding is the same
+string as the original's, and the share of rendered characters read right before -> after; det: IoU of the text masks binarised at rapidocr's ``Det.thresh``
 0.3, compressed vs original --, ONNX Runtime latency speedup at batch 1 on ``--threads``
 (self-vs-self ratio of the original in parentheses, design 8) and compress wall time.
 The defaults fit in well under 12 minutes on one busy core (6+6 cls epochs took 4.4 min per
@@ -30,14 +34,16 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _p in (ROOT, ROOT / "bench"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
+from compare import git_commit  # noqa: E402
 from models import ppocr, ppocr_calib  # noqa: E402
 from smof_onnx import api  # noqa: E402
 from smof_onnx.errors import SmofError  # noqa: E402
@@ -67,10 +73,32 @@ def fresh_check(kind: str, original: onnx.ModelProto, cut: onnx.ModelProto, n: i
         d = ppocr_calib.text_lines(n, seed=FRESH_SEED)
         acc = [float(((_predict(m, d["x"], threads).argmax(1) == 1) == d["flipped"]).mean()) for m in (original, cut)]
         return {"orientation_accuracy_before": acc[0], "orientation_accuracy_after": acc[1], "samples": n}
+    if kind == "rec":
+        return _rec_check(original, cut, n, threads)
     x = ppocr_calib.pages(n, size, seed=FRESH_SEED)
     a = _predict(original, x, threads, batch=4) > DET_THRESH
     b = _predict(cut, x, threads, batch=4) > DET_THRESH
     return {"mask_iou": float((a & b).sum() / max(1, (a | b).sum())), "samples": n}
+
+
+def _edits(a: str, b: str) -> int:
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        diag, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            diag, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diag + (ca != cb))
+    return row[-1]
+
+
+def _rec_check(original: onnx.ModelProto, cut: onnx.ModelProto, n: int, threads: int) -> dict:
+    d = ppocr_calib.text_lines(n, height=ppocr_calib.REC_SHAPE[1], width=ppocr_calib.REC_SHAPE[2],
+                               seed=FRESH_SEED, flipped=0.0)
+    chars = ppocr.rec_characters(original)
+    before, after = (ppocr.ctc_decode(_predict(m, d["x"], threads), chars) for m in (original, cut))
+    total = sum(len(t) for t in d["text"])
+    read = [1 - sum(_edits(g, t) for g, t in zip(got, d["text"])) / total for got in (before, after)]
+    return {"strings_match": float(np.mean([a == b for a, b in zip(before, after)])),
+            "char_accuracy_before": read[0], "char_accuracy_after": read[1], "samples": n}
 
 
 def run_one(kind: str, target: float, data: dict, shape: list[int], epochs: tuple[int, int], batch: int,
@@ -110,7 +138,11 @@ def _table(rows: list[dict]) -> str:
                          f"{r['wall_s']:.0f} |")
             continue
         q, f, lat = r["quality"], r["fresh"], r["latency"]
-        if r["model"] == "cls":
+        if r["model"] == "rec":
+            agree = f"per-step top-1 {100 * q['top1_agreement']:.1f}% (n={q['samples']})"
+            fresh = (f"same string {100 * f['strings_match']:.1f}%, characters {100 * f['char_accuracy_before']:.1f}% -> "
+                     f"{100 * f['char_accuracy_after']:.1f}% (n={f['samples']})")
+        elif r["model"] == "cls":
             agree = f"top-1 {100 * q['top1_agreement']:.1f}% (n={q['samples']})"
             fresh = (f"orientation {100 * f['orientation_accuracy_before']:.1f}% -> "
                      f"{100 * f['orientation_accuracy_after']:.1f}% (n={f['samples']})")
@@ -124,7 +156,9 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _pair(text: str) -> tuple[int, int]:
+def _pair(text: str) -> tuple[int | None, int | None]:
+    if text == "auto":  # smof's default schedule
+        return None, None
     a, b = (int(v) for v in text.split(","))
     return a, b
 
@@ -133,28 +167,38 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: 128 lines, 32 pages of 128x128, 2+2 epochs")
     ap.add_argument("--cls-targets", default="0.5,0.3")
+    ap.add_argument("--rec-targets", default="0.7")
     ap.add_argument("--det-targets", default="0.5")
     ap.add_argument("--cls-lines", type=int, default=512)
+    ap.add_argument("--rec-lines", type=int, default=256)
     ap.add_argument("--det-pages", type=int, default=128)
     ap.add_argument("--det-size", default="256x256")
     ap.add_argument("--cls-epochs", type=_pair, default=(2, 2), help="search,fine-tune epochs")
-    ap.add_argument("--det-epochs", type=_pair, default=(1, 1), help="search,fine-tune epochs")
+    ap.add_argument("--rec-epochs", type=_pair, default=(1, 1), help="search,fine-tune epochs, or auto")
+    ap.add_argument("--det-epochs", type=_pair, default=(1, 1), help="search,fine-tune epochs, or auto")
     ap.add_argument("--cls-batch", type=int, default=32)
+    ap.add_argument("--rec-batch", type=int, default=16)
     ap.add_argument("--det-batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--fresh", type=int, default=500, help="fresh cls lines (det: a quarter as many pages)")
     ap.add_argument("--latency-s", type=float, default=5.0)
     args = ap.parse_args(argv)
     if args.quick:
-        args.cls_lines, args.det_pages, args.det_size = 128, 32, "128x128"
-        args.cls_epochs = args.det_epochs = (2, 2)
+        args.cls_lines, args.rec_lines, args.det_pages, args.det_size = 128, 64, 32, "128x128"
+        args.cls_epochs = args.rec_epochs = args.det_epochs = (2, 2)
         args.fresh, args.latency_s = 200, 2.0
     det_hw = tuple(int(v) for v in args.det_size.split("x"))
+    commit = git_commit()  # at the start: the code this run imports
 
     rows = []
     cls_data = ppocr_calib.calibration("cls", args.cls_lines, seed=0)
     for t in (float(v) for v in args.cls_targets.split(",") if v):
         rows.append(run_one("cls", t, cls_data, [1, *ppocr_calib.CLS_SHAPE], args.cls_epochs, args.cls_batch,
+                            args.threads, args.fresh, args.latency_s))
+    rec_targets = [float(v) for v in args.rec_targets.split(",") if v]
+    rec_data = ppocr_calib.calibration("rec", args.rec_lines, seed=0) if rec_targets else None
+    for t in rec_targets:
+        rows.append(run_one("rec", t, rec_data, [1, *ppocr_calib.REC_SHAPE], args.rec_epochs, args.rec_batch,
                             args.threads, args.fresh, args.latency_s))
     det_data = ppocr_calib.calibration("det", args.det_pages, seed=0, size=det_hw)
     for t in (float(v) for v in args.det_targets.split(",") if v):
@@ -165,7 +209,7 @@ def main(argv=None) -> int:
     out = ROOT / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"ppocr-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
-    path.write_text(json.dumps({"command": sys.argv, "args": vars(args), "rows": rows}, indent=1, default=str))
+    path.write_text(json.dumps({"command": sys.argv, "git_commit": commit, "args": vars(args), "rows": rows}, indent=1, default=str))
     print(f"\n(rows in {path.relative_to(ROOT)})")
     return 0
 

@@ -161,3 +161,28 @@ def ppocr_path(kind: str) -> Path:
     if kind not in PPOCR_FILES:
         raise KeyError(f"unknown PP-OCR model {kind!r}; known: {', '.join(KINDS)}")
     return ensure_ppocr() / PPOCR_FILES[kind]
+
+
+def rec_characters(model) -> list[str]:
+    """The rec model's output classes: index 0 the CTC blank, then the dictionary the wheel embeds
+    in the model's ``character`` metadata, then the space (rapidocr's ``CTCLabelDecode`` with
+    ``use_space_char``): 6625 for the shipped PP-OCRv4 rec."""
+    meta = {p.key: p.value for p in model.metadata_props}
+    if "character" not in meta:
+        raise ValueError("rec_characters: the model has no 'character' metadata (not rapidocr's rec model?)")
+    return ["<blank>", *meta["character"].splitlines(), " "]
+
+
+def ctc_decode(probs, characters: list[str] | None = None) -> list:
+    """Greedy CTC decoding of rec outputs ``[N, T, C]`` as rapidocr does it: the best class per
+    time step, repeats merged, blanks (index 0) dropped. Returns one tuple of class indices per
+    line, or one string per line when ``characters`` (:func:`rec_characters`) is given."""
+    import numpy as np
+
+    best = np.asarray(probs).argmax(-1)
+    lines = []
+    for row in best:
+        keep = (row != 0) & np.concatenate([[True], row[1:] != row[:-1]])
+        ids = tuple(int(i) for i in row[keep])
+        lines.append("".join(characters[i] for i in ids) if characters is not None else ids)
+    return lines

@@ -1,9 +1,10 @@
-"""Rendered, label-free calibration images for the PP-OCR cls and det models.
+"""Rendered, label-free calibration images for the PP-OCR cls, rec and det models.
 
 The rapidocr wheel ships models but no images, so we draw our own with Pillow (the ``images``
 extra). Nothing here is a label the compressor needs: ``compress`` distils from the original
 model's outputs; the ``flipped`` flags and text masks exist only so tests can check that the
-real models read the renderings the way they read real crops and pages.
+real models read the renderings the way they read real crops and pages; ``text_lines`` also
+returns the rendered strings, which the real rec model reads back (tests check how well).
 
 What is rendered
 - ``text_lines``: one text line per image, as the det stage would crop it: a random string of
@@ -22,6 +23,9 @@ next to it in the wheel). Images are loaded by OpenCV, so channels are in **BGR*
 - cls (``ch_ppocr_cls/text_cls.py::resize_norm_img``, ``Cls.cls_image_shape: [3, 48, 192]``):
   resize to height 48 keeping the aspect ratio, width ``min(192, ceil(48 * w / h))``
   (bilinear), then ``(x / 255 - 0.5) / 0.5`` in CHW, then pad on the right with 0 to width 192.
+- rec (``ch_ppocr_rec/text_recognize.py::resize_norm_img``, ``Rec.rec_img_shape: [3, 48,
+  320]``): the same resize / normalise / pad as cls at 48 x 320 (rapidocr widens a batch to its
+  widest line's ratio; a line up to 320/48 wide, as rendered here, keeps width 320).
 - det (``ch_ppocr_det/utils.py::DetPreProcess``, ``Det.mean: [0.5, 0.5, 0.5]``,
   ``Det.std: [0.5, 0.5, 0.5]``): ``(x / 255 - mean) / std``, HWC -> CHW. rapidocr first resizes
   the page so its short side is ``Det.limit_side_len: 736`` rounded to multiples of 32; we
@@ -42,10 +46,11 @@ from typing import Sequence
 import numpy as np
 
 __all__ = ["text_lines", "pages", "pages_with_masks", "calibration", "find_fonts", "FONT_DIRS",
-           "CLS_SHAPE", "DET_MEAN", "DET_STD"]
+           "CLS_SHAPE", "REC_SHAPE", "DET_MEAN", "DET_STD"]
 
-# rapidocr-onnxruntime 1.4.4 config.yaml: Cls.cls_image_shape, Det.mean, Det.std.
+# rapidocr-onnxruntime 1.4.4 config.yaml: Cls.cls_image_shape, Rec.rec_img_shape, Det.mean, Det.std.
 CLS_SHAPE = (3, 48, 192)
+REC_SHAPE = (3, 48, 320)
 DET_MEAN = (0.5, 0.5, 0.5)
 DET_STD = (0.5, 0.5, 0.5)
 
@@ -126,8 +131,8 @@ def _noisy(rgb: np.ndarray, rng: np.random.Generator, max_sigma: float) -> np.nd
     return np.clip(rgb.astype(np.float64) + noise, 0, 255).round().astype(np.uint8)
 
 
-def _render_line(rng: np.random.Generator, fonts: Fonts) -> np.ndarray:
-    """One tight text-line crop, RGB uint8 [h, w, 3]."""
+def _render_line(rng: np.random.Generator, fonts: Fonts) -> tuple[np.ndarray, str]:
+    """One tight text-line crop, RGB uint8 [h, w, 3], and the string drawn on it."""
     from PIL import Image, ImageDraw
 
     cjk = bool(fonts.cjk) and rng.random() < 0.2
@@ -140,7 +145,7 @@ def _render_line(rng: np.random.Generator, fonts: Fonts) -> np.ndarray:
     ImageDraw.Draw(img).text((mx - left, my - top), text, font=font, fill=ink)
     angle = float(rng.uniform(-2.0, 2.0))
     img = img.rotate(angle, resample=Image.BILINEAR, fillcolor=bg)
-    return _noisy(np.asarray(img), rng, 8.0)
+    return _noisy(np.asarray(img), rng, 8.0), text
 
 
 def _cls_preprocess(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -157,11 +162,11 @@ def _cls_preprocess(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def text_lines(n: int, height: int = 48, width: int = 192, seed: int = 0, flipped: float = 0.5) -> dict:
-    """``n`` rendered text-line crops preprocessed like PP-OCR's cls.
+    """``n`` rendered text-line crops preprocessed like PP-OCR's cls (48 x 192) or rec (48 x 320).
 
-    Returns ``{"x": float32 [n, 3, height, width], "flipped": bool [n]}``; ``flipped[i]`` says
-    crop ``i`` was turned by 180 degrees (what the cls model detects), drawn with probability
-    ``flipped``.
+    Returns ``{"x": float32 [n, 3, height, width], "flipped": bool [n], "text": list of n str}``;
+    ``flipped[i]`` says crop ``i`` was turned by 180 degrees (what the cls model detects), drawn
+    with probability ``flipped``; ``text[i]`` is the string drawn on crop ``i``.
     """
     if n < 1 or height < 8 or width < 8:
         raise ValueError(f"text_lines: need n >= 1 and height, width >= 8; got n={n}, {height}x{width}")
@@ -171,12 +176,14 @@ def text_lines(n: int, height: int = 48, width: int = 192, seed: int = 0, flippe
     fonts = find_fonts()
     x = np.empty((n, 3, height, width), np.float32)
     flags = rng.random(n) < flipped
+    texts = []
     for i in range(n):
-        crop = _render_line(rng, fonts)
+        crop, text = _render_line(rng, fonts)
+        texts.append(text)
         if flags[i]:
             crop = np.ascontiguousarray(crop[::-1, ::-1])
         x[i] = _cls_preprocess(crop, height, width)
-    return {"x": x, "flipped": flags}
+    return {"x": x, "flipped": flags, "text": texts}
 
 
 def _boxes_overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int], gap: int) -> bool:
@@ -247,16 +254,23 @@ def pages(n: int, size: tuple[int, int] = (256, 256), seed: int = 0) -> np.ndarr
 def calibration(kind: str, n: int, seed: int = 0, **sizes) -> dict[str, np.ndarray]:
     """Label-free calibration data for the PP-OCR ``kind`` model, keyed by its real input name.
 
-    ``kind="cls"``: :func:`text_lines` (sizes ``height``, ``width``); ``kind="det"``:
-    :func:`pages` (size ``size=(H, W)``). No labels: ``compress`` distils from the model.
+    ``kind="cls"``: :func:`text_lines` (sizes ``height``, ``width``; default 48 x 192), half of
+    them turned by 180 degrees; ``kind="rec"``: upright :func:`text_lines` at 48 x 320 (sizes
+    ``height``, ``width``); ``kind="det"``: :func:`pages` (size ``size=(H, W)``). No labels:
+    ``compress`` distils from the model.
     """
-    allowed = {"cls": {"height", "width"}, "det": {"size"}}
+    allowed = {"cls": {"height", "width"}, "rec": {"height", "width"}, "det": {"size"}}
     if kind not in allowed:
-        raise ValueError(f"calibration: kind must be 'cls' or 'det', not {kind!r}")
+        raise ValueError(f"calibration: kind must be 'cls', 'rec' or 'det', not {kind!r}")
     unknown = sorted(set(sizes) - allowed[kind])
     if unknown:
         raise ValueError(f"calibration({kind!r}): unknown size option(s) {unknown}; known: {sorted(allowed[kind])}")
-    x = text_lines(n, seed=seed, **sizes)["x"] if kind == "cls" else pages(n, seed=seed, **sizes)
+    if kind == "det":
+        x = pages(n, seed=seed, **sizes)
+    elif kind == "rec":
+        x = text_lines(n, seed=seed, **({"height": REC_SHAPE[1], "width": REC_SHAPE[2]} | sizes), flipped=0.0)["x"]
+    else:
+        x = text_lines(n, seed=seed, **sizes)["x"]
     from .ppocr import INPUT_NAME  # every PP-OCR model's one input (tests/test_models_ppocr.py checks it)
 
     return {INPUT_NAME: x}

@@ -182,6 +182,24 @@ def test_det_and_rec_have_scalar_affine_after_convs():
         assert found == want, kind
 
 
+def test_ctc_decode_merges_repeats_and_drops_blanks():
+    # per step best classes: a a blank a b b blank -> "a a b" (a blank splits two a's)
+    steps = [1, 1, 0, 1, 2, 2, 0]
+    probs = np.full((1, len(steps), 4), 0.1, np.float32)
+    probs[0, np.arange(len(steps)), steps] = 0.7
+    assert ppocr.ctc_decode(probs) == [(1, 1, 2)]
+    assert ppocr.ctc_decode(probs, ["<blank>", "a", "b", " "]) == ["aab"]
+    assert ppocr.ctc_decode(np.zeros((2, 3, 4), np.float32)) == [(), ()]  # all blank (argmax 0)
+
+
+def test_rec_characters_come_from_the_models_metadata():
+    chars = ppocr.rec_characters(cases.load_ppocr("rec"))
+    assert len(chars) == 6625 and chars[0] == "<blank>" and chars[-1] == " "
+    assert len(set(chars[1:-1])) == 6623  # one class per dictionary entry
+    with pytest.raises(ValueError, match="character"):
+        ppocr.rec_characters(cases.load_ppocr("cls"))
+
+
 def test_unknown_kind_is_refused():
     with pytest.raises(KeyError, match="det"):
         ppocr.ppocr_path("table")

@@ -73,6 +73,30 @@ def test_the_real_cls_model_reads_the_orientation_of_rendered_lines():
     assert agreement >= 0.95, agreement
 
 
+def _edits(a: str, b: str) -> int:
+    """Levenshtein distance (the test's own, independent of anything under test)."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        diag, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            diag, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diag + (ca != cb))
+    return row[-1]
+
+
+def test_the_real_rec_model_reads_back_the_rendered_strings():
+    """Measured on seed 0's 200 lines at 48x320: 96.3% of characters right, 64.5% of lines exact
+    (random strings mix O / 0 / o, which no reader can tell apart in some fonts). A wrong
+    channel order, scale, width or padding drops this far below."""
+    d = ppocr_calib.text_lines(200, seed=0, height=48, width=320, flipped=0.0)
+    assert len(d["text"]) == 200 and all(isinstance(t, str) and len(t) >= 2 for t in d["text"])
+    model = cases.load_ppocr("rec")
+    got = ppocr.ctc_decode(np.concatenate([_run("rec", d["x"][i:i + 50]) for i in range(0, 200, 50)]),
+                           ppocr.rec_characters(model))
+    chars = sum(len(t) for t in d["text"])
+    accuracy = 1 - sum(_edits(g, t) for g, t in zip(got, d["text"])) / chars
+    assert accuracy >= 0.9, accuracy
+
+
 def test_without_truetype_fonts_the_builtin_font_still_renders_readable_lines(monkeypatch):
     monkeypatch.setattr(ppocr_calib, "FONT_DIRS", ("/nonexistent-fonts",))
     assert ppocr_calib.find_fonts() == ppocr_calib.Fonts(())
@@ -127,8 +151,12 @@ def test_calibration_is_keyed_by_the_models_real_input_name():
     assert cls["x"].tobytes() == ppocr_calib.text_lines(3, seed=4)["x"].tobytes()
     det = ppocr_calib.calibration("det", 2, seed=4, size=(64, 64))
     assert list(det) == [ppocr.INPUT_NAME] and det["x"].shape == (2, 3, 64, 64)
+    rec = ppocr_calib.calibration("rec", 2, seed=4)
+    assert list(rec) == [ppocr.INPUT_NAME] and rec["x"].shape == (2, *ppocr_calib.REC_SHAPE)
+    upright = ppocr_calib.text_lines(2, seed=4, height=48, width=320, flipped=0.0)
+    assert rec["x"].tobytes() == upright["x"].tobytes()
     with pytest.raises(ValueError, match="kind must be"):
-        ppocr_calib.calibration("rec", 2)
+        ppocr_calib.calibration("table", 2)
     with pytest.raises(ValueError, match=r"unknown size option\(s\) \['size'\]"):
         ppocr_calib.calibration("cls", 2, size=(64, 64))
 
