@@ -32,6 +32,18 @@ def test_distillation_is_zero_for_the_teacher_itself_and_positive_otherwise():
     assert float(train.task_loss(s, t, kinds, labels)) > float(loss)
 
 
+def test_a_per_position_distribution_is_distilled_by_kl_on_its_last_axis():
+    """A recogniser's [N, T, C] softmax: KL(t || s) averaged over the N*T positions, zero for
+    the teacher itself, and the exact value of a hand-computed case."""
+    t = torch.softmax(torch.randn(3, 5, 7), -1)
+    assert train.output_kinds((t, t.sum(-1, keepdim=True))) == ["distribution", "dense"]
+    assert train.output_kinds((torch.rand(3, 5, 7),)) == ["dense"]  # rows that do not sum to 1
+    assert float(train.distill_loss((t,), (t,), ["distribution"])) == pytest.approx(0.0, abs=1e-6)
+    s = torch.softmax(torch.randn(3, 5, 7), -1)
+    want = float((t * (t.log() - s.log())).sum() / 15)
+    assert float(train.distill_loss((s,), (t,), ["distribution"])) == pytest.approx(want, rel=1e-5)
+
+
 def test_feature_taps_are_the_inputs_of_the_nodes_that_lower_the_resolution():
     model = onnx.parser.parse_model("""
         <ir_version: 8, opset_import: ["" : 17]>
@@ -237,6 +249,19 @@ def test_evaluate_dense_maps_error_over_the_whole_map_and_mask_iou():
     assert q["relative_error"] == pytest.approx(1.0)
     assert q["relative_rms_error"] == pytest.approx(0.5)  # sqrt(0.81) / sqrt(4 * 0.81)
     assert q["mask_iou"] == pytest.approx(3 / 4) and q["mask_threshold"] == train.MASK_THRESHOLD
+
+
+def test_evaluate_per_position_distributions_gives_step_and_sequence_agreement():
+    """Two lines of three steps: one step of the second line changes its best class, so 5 of 6
+    steps agree and 1 of 2 lines reads the same everywhere."""
+    before = torch.tensor([[[0.8, 0.2], [0.3, 0.7], [0.6, 0.4]],
+                           [[0.1, 0.9], [0.9, 0.1], [0.2, 0.8]]])
+    after = before.clone()
+    after[1, 2] = torch.tensor([0.7, 0.3])
+    q = train.evaluate([before], [after], None, "val", ["probs"])
+    assert q["metric"] == "sequence_agreement"
+    assert q["top1_agreement"] == pytest.approx(5 / 6) and q["sequence_agreement"] == pytest.approx(0.5)
+    assert q["outputs"]["probs"]["kind"] == "distribution" and "mask_iou" not in q["outputs"]["probs"]
 
 
 def test_finetune_fixed_keeps_zeros_at_zero_and_reduces_the_loss():

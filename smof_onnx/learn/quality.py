@@ -19,7 +19,9 @@ def evaluate(before: list[torch.Tensor], after: list[torch.Tensor], labels: np.n
     """Accuracy (labels) or agreement with the original, per output and overall.
 
     Classifier outputs (``[N, C]``, C > 1): top-1 agreement, and accuracy before / after with
-    labels. Every output: ``relative_error``, the largest absolute difference over the largest
+    labels. Per-position distributions (``[N, T, ..., C]``, e.g. a CTC recogniser's softmax):
+    ``top1_agreement`` over all positions and ``sequence_agreement``, the share of samples whose
+    best class is unchanged at every position (then a greedy CTC decoding reads the same string). Every output: ``relative_error``, the largest absolute difference over the largest
     absolute original value (worst case), and ``relative_rms_error``, ``||after - before|| /
     ||before||`` over the whole split (the headline for dense outputs: a max-based error of a
     sigmoid map is about 1 as soon as one pixel flips, whatever the rest does). Dense outputs
@@ -37,13 +39,17 @@ def evaluate(before: list[torch.Tensor], after: list[torch.Tensor], labels: np.n
     per: dict[str, dict[str, Any]] = {}
     for name, b, a, kind in zip(names, before, after, kinds):
         b, a = b.double(), a.double()
-        row: dict[str, Any] = {"kind": "classifier" if kind == "logits" else "dense"}
+        row: dict[str, Any] = {"kind": {"logits": "classifier"}.get(kind, kind)}
         if kind == "logits":
             pb, pa = b.argmax(1).numpy(), a.argmax(1).numpy()
             row["top1_agreement"] = float((pb == pa).mean())
             if labels is not None:
                 row["accuracy_before"] = float((pb == labels).mean())
                 row["accuracy_after"] = float((pa == labels).mean())
+        elif kind == "distribution":
+            same = b.argmax(-1) == a.argmax(-1)
+            row["top1_agreement"] = float(same.double().mean())
+            row["sequence_agreement"] = float(same.reshape(same.shape[0], -1).all(1).double().mean())
         row["relative_error"] = float((a - b).abs().max() / (b.abs().max() + 1e-12))
         row["relative_rms_error"] = float((a - b).norm() / (b.norm() + 1e-12))
         if kind == "dense" and _is_probability(b):
@@ -58,6 +64,10 @@ def evaluate(before: list[torch.Tensor], after: list[torch.Tensor], labels: np.n
             out["accuracy_before"], out["accuracy_after"] = first["accuracy_before"], first["accuracy_after"]
         else:
             out["metric"] = "top1_agreement"
+    elif "distribution" in kinds:
+        first = rows[kinds.index("distribution")]
+        out["metric"] = "sequence_agreement"
+        out["top1_agreement"], out["sequence_agreement"] = first["top1_agreement"], first["sequence_agreement"]
     else:
         out["metric"] = "relative_rms_error"
     out["relative_error"] = max(r["relative_error"] for r in rows)
