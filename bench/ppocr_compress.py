@@ -4,12 +4,14 @@
         [--rec-targets 0.7] [--det-targets 0.5] [--cls-lines 512] [--rec-lines 256]
         [--det-pages 128] [--det-size 256x256] [--cls-epochs 2,2] [--rec-epochs 1,1]
         [--det-epochs 1,1] [--cls-batch 32] [--rec-batch 16] [--det-batch 8] [--threads 1]
+        [--method smof|qr]
 
 ``--*-epochs auto`` runs smof's default schedule (about 300 search and 600 fine-tune steps).
 
 Each row is ``smof_onnx.api.compress(<rapidocr's model>, data=models.ppocr_calib.calibration(
-kind, n), method="smof", target_flops=F, val_split=0.2, epochs=E, finetune_epochs=E2,
-batch_size=B, threads=T)``: no labels, the compressor distils from the original model.
+kind, n), method=M, target_flops=F, val_split=0.2, epochs=E, finetune_epochs=E2,
+batch_size=B, threads=T)`` (``--method``, default smof; ``qr`` gets no epochs: it trains
+nothing unless asked): no labels, the compressor distils from the original model.
 
 Columns: FLOPs ratio of the cut model (counted at the calibration shape), params before ->
 after, the report's agreement on the held-out 20% (cls: top-1 agreement with the original;
@@ -102,15 +104,17 @@ def _rec_check(original: onnx.ModelProto, cut: onnx.ModelProto, n: int, threads:
 
 
 def run_one(kind: str, target: float, data: dict, shape: list[int], epochs: tuple[int, int], batch: int,
-            threads: int, fresh_n: int, latency_s: float) -> dict:
+            threads: int, fresh_n: int, latency_s: float, method: str = "smof") -> dict:
     original = onnx.load(str(ppocr.ppocr_path(kind)))
     start = time.perf_counter()
-    row = {"model": kind, "target": target, "input_shape": shape, "calib": int(next(iter(data.values())).shape[0]),
+    row = {"model": kind, "method": method, "target": target, "input_shape": shape, "calib": int(next(iter(data.values())).shape[0]),
            "epochs": list(epochs), "batch_size": batch, "threads": threads}
     try:
-        cut, report = api.compress(original, data=data, method="smof", target_flops=target, epochs=epochs[0],
-                                   finetune_epochs=epochs[1], batch_size=batch, val_split=0.2, threads=threads,
-                                   input_shapes={ppocr.INPUT_NAME: shape}, progress_bars=False)
+        # qr trains nothing by default: it gets only the options it reads
+        schedule = dict(epochs=epochs[0], finetune_epochs=epochs[1]) if method == "smof" else {}
+        cut, report = api.compress(original, data=data, method=method, target_flops=target, batch_size=batch,
+                                   val_split=0.2, threads=threads, input_shapes={ppocr.INPUT_NAME: shape},
+                                   progress_bars=False, **schedule)
     except SmofError as exc:  # a failed gate is a result to report, not a reason to lose the other rows
         row.update(wall_s=round(time.perf_counter() - start, 1), error=f"{type(exc).__name__}: {exc}")
         print(json.dumps(row), file=sys.stderr, flush=True)
@@ -122,19 +126,19 @@ def run_one(kind: str, target: float, data: dict, shape: list[int], epochs: tupl
     cmp = compare_latency(original, cut, input_shapes={ppocr.INPUT_NAME: shape}, threads=threads, batch=1,
                           budget_s=latency_s)
     row["latency"] = cmp.to_dict()
-    print(json.dumps({k: row[k] for k in ("model", "target", "wall_s", "flops", "quality", "fresh")}),
+    print(json.dumps({k: row[k] for k in ("model", "method", "target", "wall_s", "flops", "quality", "fresh")}),
           file=sys.stderr, flush=True)
     return row
 
 
 def _table(rows: list[dict]) -> str:
-    lines = ["| model | target | FLOPs ratio | params | held-out agreement | fresh renderings | "
+    lines = ["| model | method | target | FLOPs ratio | params | held-out agreement | fresh renderings | "
              "ORT b1 speedup (self) | compress s |",
-             "|---|---:|---:|---:|---|---|---:|---:|"]
+             "|---|---|---:|---:|---:|---|---|---:|---:|"]
     for r in rows:
         shape = "x".join(str(d) for d in r["input_shape"][2:])
         if "error" in r:
-            lines.append(f"| {r['model']} {shape} | {r['target']:g} | - | - | FAILED: {r['error']} | - | - | "
+            lines.append(f"| {r['model']} {shape} | {r['method']} | {r['target']:g} | - | - | FAILED: {r['error']} | - | - | "
                          f"{r['wall_s']:.0f} |")
             continue
         q, f, lat = r["quality"], r["fresh"], r["latency"]
@@ -150,7 +154,7 @@ def _table(rows: list[dict]) -> str:
             agree = (f"rel RMS err {q['relative_rms_error']:.3f}, mask IoU {q['mask_iou']:.3f} @ {q['mask_threshold']:g} "
                      f"(n={q['samples']})")
             fresh = f"mask IoU {f['mask_iou']:.3f} @ {DET_THRESH} (n={f['samples']})"
-        lines.append(f"| {r['model']} {shape} | {r['target']:g} | {r['flops']['ratio']:.3f} | "
+        lines.append(f"| {r['model']} {shape} | {r['method']} | {r['target']:g} | {r['flops']['ratio']:.3f} | "
                      f"{r['params']['before'] / 1e3:.0f}k -> {r['params']['after'] / 1e3:.0f}k | {agree} | {fresh} | "
                      f"{lat['speedup']:.2f}x ({lat['self_ratio']:.2f}) | {r['wall_s']:.0f} |")
     return "\n".join(lines)
@@ -180,6 +184,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rec-batch", type=int, default=16)
     ap.add_argument("--det-batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--method", default="smof", choices=("smof", "qr"))
     ap.add_argument("--fresh", type=int, default=500, help="fresh cls lines (det: a quarter as many pages)")
     ap.add_argument("--latency-s", type=float, default=5.0)
     args = ap.parse_args(argv)
@@ -194,16 +199,16 @@ def main(argv=None) -> int:
     cls_data = ppocr_calib.calibration("cls", args.cls_lines, seed=0)
     for t in (float(v) for v in args.cls_targets.split(",") if v):
         rows.append(run_one("cls", t, cls_data, [1, *ppocr_calib.CLS_SHAPE], args.cls_epochs, args.cls_batch,
-                            args.threads, args.fresh, args.latency_s))
+                            args.threads, args.fresh, args.latency_s, args.method))
     rec_targets = [float(v) for v in args.rec_targets.split(",") if v]
     rec_data = ppocr_calib.calibration("rec", args.rec_lines, seed=0) if rec_targets else None
     for t in rec_targets:
         rows.append(run_one("rec", t, rec_data, [1, *ppocr_calib.REC_SHAPE], args.rec_epochs, args.rec_batch,
-                            args.threads, args.fresh, args.latency_s))
+                            args.threads, args.fresh, args.latency_s, args.method))
     det_data = ppocr_calib.calibration("det", args.det_pages, seed=0, size=det_hw)
     for t in (float(v) for v in args.det_targets.split(",") if v):
         rows.append(run_one("det", t, det_data, [1, 3, *det_hw], args.det_epochs, args.det_batch,
-                            args.threads, max(8, args.fresh // 4), args.latency_s))
+                            args.threads, max(8, args.fresh // 4), args.latency_s, args.method))
 
     print(_table(rows))
     out = ROOT / "bench" / "out"
