@@ -44,6 +44,23 @@ def test_a_per_position_distribution_is_distilled_by_kl_on_its_last_axis():
     assert float(train.distill_loss((s,), (t,), ["distribution"])) == pytest.approx(want, rel=1e-5)
 
 
+def test_a_classifier_that_ends_in_softmax_is_distilled_through_its_logits():
+    """Probabilities [N, C] are read as log p: the loss equals the loss of the logits they came
+    from (at T = 1 and T = 4, with labels), where a softmax of the probabilities would not."""
+    zs, zt = torch.randn(6, 5) * 3, torch.randn(6, 5) * 3
+    ps, pt = torch.softmax(zs, 1), torch.softmax(zt, 1)
+    assert train.output_kinds((pt, zt)) == ["probs", "logits"]
+    labels = torch.tensor([0, 1, 2, 3, 4, 0])
+    for temperature in (1.0, 4.0):
+        want = float(train.task_loss((zs,), (zt,), ["logits"], labels, temperature))
+        got = float(train.task_loss((ps,), (pt,), ["probs"], labels, temperature))
+        assert got == pytest.approx(want, rel=1e-4)
+    softmax_of_probs = float(train.distill_loss((ps,), (pt,), ["logits"]))
+    assert softmax_of_probs < 0.5 * float(train.distill_loss((ps,), (pt,), ["probs"]))
+    q = train.evaluate([pt], [ps], labels.numpy(), "val")
+    assert q["metric"] == "accuracy" and q["outputs"]["output_0"]["kind"] == "classifier"
+
+
 def test_feature_taps_are_the_inputs_of_the_nodes_that_lower_the_resolution():
     model = onnx.parser.parse_model("""
         <ir_version: 8, opset_import: ["" : 17]>

@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .losses import output_kinds
+from .losses import CLASSIFIER, first_classifier, output_kinds
 
 __all__ = ["evaluate", "MASK_THRESHOLD", "MIN_SAMPLES"]
 
@@ -39,8 +39,8 @@ def evaluate(before: list[torch.Tensor], after: list[torch.Tensor], labels: np.n
     per: dict[str, dict[str, Any]] = {}
     for name, b, a, kind in zip(names, before, after, kinds):
         b, a = b.double(), a.double()
-        row: dict[str, Any] = {"kind": {"logits": "classifier"}.get(kind, kind)}
-        if kind == "logits":
+        row: dict[str, Any] = {"kind": "classifier" if kind in CLASSIFIER else kind}
+        if kind in CLASSIFIER:
             pb, pa = b.argmax(1).numpy(), a.argmax(1).numpy()
             row["top1_agreement"] = float((pb == pa).mean())
             if labels is not None:
@@ -56,8 +56,8 @@ def evaluate(before: list[torch.Tensor], after: list[torch.Tensor], labels: np.n
             row["mask_iou"], row["mask_threshold"] = _mask_iou(a, b), MASK_THRESHOLD
         per[name] = row
     rows = list(per.values())
-    if "logits" in kinds:
-        first = rows[kinds.index("logits")]
+    if first_classifier(kinds) is not None:
+        first = rows[first_classifier(kinds)]
         out["top1_agreement"] = first["top1_agreement"]
         if labels is not None:
             out["metric"] = "accuracy"
