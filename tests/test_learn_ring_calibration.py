@@ -51,3 +51,23 @@ def test_without_a_teacher_nothing_is_calibrated():
     factor = calibrate_rings(p.space, student, Masks(p.space, student), data, None, np.ones(p.space.size),
                              np.ones(p.space.size), batch=8)
     assert np.all(factor == 1.0)
+
+
+def test_a_forward_budget_bounds_the_samples_per_pass_but_never_below_one_batch():
+    """Counted forward samples: unbounded, every pass sees all 48; with a budget of 2 samples a
+    pass, each pass sees one batch of 16 (the floor); the factors still come out finite."""
+    p = prepare(tiny_cnn(), None, multiple=1)
+    rng = np.random.default_rng(0)
+    data = CalibrationData({"x": rng.standard_normal((48, 3, 8, 8)).astype(np.float32)}, None, "random")
+    teacher = OnnxModule(p.model).eval()
+    student = OnnxModule(p.model).train()
+    seen = []
+    student.register_forward_hook(lambda mod, args, out: seen.append(int(args[0].shape[0])))
+    passes = 1 + len(p.space.axes) + len(p.space.families)
+    ones = np.ones(p.space.size)
+    calibrate_rings(p.space, student, Masks(p.space, student), data, teacher, ones, ones, batch=16, samples=48)
+    assert sum(seen) == 48 * passes
+    seen.clear()
+    factor = calibrate_rings(p.space, student, Masks(p.space, student), data, teacher, ones, ones, batch=16,
+                             samples=48, budget=2 * passes)
+    assert sum(seen) == 16 * passes and np.isfinite(factor).all()

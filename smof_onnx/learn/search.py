@@ -55,7 +55,13 @@ from .masking import Masks
 from .ring_calibration import calibrate_rings
 from .settings import Progress, TrainSettings
 
-__all__ = ["search", "gate_costs"]
+__all__ = ["search", "gate_costs", "SEARCH_SHARE"]
+
+# The ring calibrations together cost at most this share of the search's own work (counted in
+# forward samples, a training step about three forward passes of its batch). 0.5 leaves the
+# bench models' default runs at the full CALIBRATION_SAMPLES per pass (ResNet-20 at 300 steps of
+# 64: about 290 allowed); a 1.4 GFLOPs recogniser with 26 short steps gets one batch per pass.
+SEARCH_SHARE = 0.5
 
 
 def gate_costs(problem: Problem, channel_cost: float = 1.0) -> np.ndarray:
@@ -88,6 +94,9 @@ def search(problem: Problem, module, data: CalibrationData, teacher: list[torch.
     cost = np.maximum(cost, 1e-9)
     factor = np.ones(space.size)  # ring importances on the channels' scale (:mod:`.ring_calibration`)
     calibrate_at = int(settings.ramp * steps) if settings.calibrate_rings else -1
+    # each of the two calibrations may cost SEARCH_SHARE / 2 of the search's work (a training
+    # step is about three forward passes of its batch)
+    calibration_budget = int(SEARCH_SHARE / 2 * 3 * steps * settings.batch_size)
     module.train()  # only train-mode normalisers (:mod:`.batchnorm`) care
     opt = torch.optim.Adam(list(module.parameters()), lr=settings.lr)
     kinds = output_kinds(tuple(t[:1] for t in teacher))
@@ -113,7 +122,7 @@ def search(problem: Problem, module, data: CalibrationData, teacher: list[torch.
     for step in range(steps):
         if step == calibrate_at:
             factor = calibrate_rings(space, module, masks, data, teacher_module, imp, h, settings.batch_size,
-                                     whole_batches=settings.whole_batches)
+                                     whole_batches=settings.whole_batches, budget=calibration_budget)
         if step % settings.reselect_every == 0:
             frac = min(1.0, (step + 1) / max(1, settings.ramp * steps))
             tau = 1 - (1 - target) * frac
@@ -141,7 +150,7 @@ def search(problem: Problem, module, data: CalibrationData, teacher: list[torch.
     bar.close()
     if settings.calibrate_rings and steps:
         factor = calibrate_rings(space, module, masks, data, teacher_module, imp, h, settings.batch_size,
-                                     whole_batches=settings.whole_batches)
+                                     whole_batches=settings.whole_batches, budget=calibration_budget)
     masks.remove()
     return imp * factor / cost
 
