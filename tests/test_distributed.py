@@ -64,7 +64,9 @@ def test_two_processes_select_the_gates_of_one_and_only_rank_0_writes(tmp_path):
     x, y = fashion_mnist.load("train")
     onnx.save(small_cnn(), tmp_path / "m.onnx")
     np.savez(tmp_path / "d.npz", x=x[:256].astype(np.float32), labels=y[:256])
-    common = ["m.onnx", "--data", "d.npz", "--target-flops", "0.6", "--epochs", "1", "--finetune-epochs", "1",
+    # 0.3: beyond what the kernel rings alone reach, so channels go too and the same-function
+    # check below compares channel choices
+    common = ["m.onnx", "--data", "d.npz", "--target-flops", "0.3", "--epochs", "1", "--finetune-epochs", "1",
               "--batch-size", "32", "--val-split", "0", "--threads", "1", "--device", "cpu", "--no-latency",
               "--seed", "3", "--channel-multiple", "1"]
     one = _compress(common + ["-o", "one.onnx", "--report", "one.json"], tmp_path, [sys.executable])
@@ -81,7 +83,7 @@ def test_two_processes_select_the_gates_of_one_and_only_rank_0_writes(tmp_path):
     assert a["method"]["distributed"] == {"world_size": 1, "backend": "none"}
     assert b["method"]["distributed"] == {"world_size": 2, "backend": "gloo"}
     assert b["method"]["choices"] == a["method"]["choices"]  # the same gates, layer by layer
-    assert a["flops"]["ratio"] <= 0.61 and any(c.get("dropped_out") for c in a["method"]["choices"])  # a cut
+    assert a["flops"]["ratio"] <= 0.31 and any(c.get("dropped_out") for c in a["method"]["choices"])  # a cut
     # rank 0 wrote the model and the report once; rank 1 wrote nothing and printed no table
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["d.npz", "m.onnx", "two.json", "two.onnx"]
     assert two.stdout.count("FLOPs") == one.stdout.count("FLOPs")

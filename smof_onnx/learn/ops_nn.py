@@ -12,7 +12,7 @@ Rules (all as ONNX Runtime computes them, which the tests check op by op):
   toward zero, so a map smaller than the window still gives one output; ceil_mode: a
   window must start inside the input or the leading pad), pads explicitly (-inf for max, 0 for average) and
   divides average sums by the count of counted cells (``count_include_pad`` counts
-  explicit pads, never the ceil-mode overhang).
+  explicit pads and the overhang of a window wider than the map, never the ceil-mode overhang).
 - Resize is separable: per resized axis, the output coordinate is mapped to the
   input with the coordinate transformation mode in float32 (ORT's arithmetic), and
   the output is a weighted sum of 1 (nearest), 2 (linear) or 4 (cubic) gathered taps;
@@ -223,7 +223,9 @@ def _avgpool(n, x):
     ones = torch.ones((1, 1) + tuple(x.shape[2:]), dtype=x.dtype, device=x.device)
     if n.get("count_include_pad", 0):
         ones = F.pad(ones, torch_pads(pairs), value=1.0)
-        ones = F.pad(ones, torch_pads([(0, e) for e in extra]))
+        # ORT counts the overhang of a window that a map smaller than it truncates (ceil_mode
+        # 0), never the ceil-mode overhang
+        ones = F.pad(ones, torch_pads([(0, e) for e in extra]), value=0.0 if n.get("ceil_mode", 0) else 1.0)
     else:
         ones = F.pad(ones, torch_pads(full))
     return mean_padded / pool(ones, kernel, strides, 0)
