@@ -153,7 +153,7 @@ def inspect(model: Any, input_shapes: ShapesLike = None) -> dict[str, Any]:
     from smof_onnx.passes.analysis.channels import analyze_channels
 
     concrete = _concrete(m, shapes)
-    groups = describe_groups(analyze_channels(canon.graph, concrete), canon.graph, concrete)
+    groups = describe_groups(analyze_channels(canon.graph, concrete))
     frozen = [{"where": f["where"], "reason": f["reason"]} for f in canon.frozen()]
     frozen += [{"where": f"group {g['id']}", "reason": g["reason"]} for g in groups if not g["gateable"]]
     from smof_onnx.passes.analysis.residual_blocks import find_residual_blocks
@@ -173,11 +173,11 @@ def inspect(model: Any, input_shapes: ShapesLike = None) -> dict[str, Any]:
     }
 
 
-def describe_groups(analysis: Any, graph: Any = None, input_shapes: Any = None) -> list[dict[str, Any]]:
+def describe_groups(analysis: Any) -> list[dict[str, Any]]:
     """JSON rows for the channel groups of a ChannelAnalysis (:func:`smof_onnx.groups.describe_groups`)."""
     from .groups import describe_groups as rows
 
-    return rows(analysis, graph, input_shapes)
+    return rows(analysis)
 
 
 def _signature(model: onnx.ModelProto, values) -> list[dict[str, Any]]:

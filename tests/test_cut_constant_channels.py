@@ -8,6 +8,8 @@ by reasoning on the masks here, not by asking the analysis.
 from __future__ import annotations
 
 import numpy as np
+import onnx
+import onnx.parser
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -203,3 +205,27 @@ def test_ppocr_random_half_masks_cut_exactly(kind):
     ratio, zeroed, cut_model, shapes = ppocr_floor(kind, keep=0.5, seed=1)
     assert 0 < ratio < 0.8
     assert_equivalent(zeroed, cut_model, shapes, seeds=(0, 1))
+
+
+def test_a_constant_that_is_averaged_is_named_as_such():
+    """Zeroing the producers leaves a constant that a GlobalAveragePool averages: not folded
+    (float32 rounding of the mean), and the reason says so with the value and the node."""
+    model = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[1, 3, 8, 8] x) => (float[1, 4, 1, 1] y) <float[4, 3, 1, 1] w1, float[4] b1, float[1] s, float[1] o,
+                                                         float[4, 4, 1, 1] w2> {
+            c1 = Conv (x, w1, b1)
+            m = Mul (c1, s)
+            a = Add (m, o)
+            p = GlobalAveragePool (a)
+            y = Conv (p, w2)
+        }""")
+    rng = np.random.default_rng(0)
+    for name, shape in (("w1", (4, 3, 1, 1)), ("b1", (4,)), ("w2", (4, 4, 1, 1))):
+        model.graph.initializer.append(onnx.numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name))
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([1.5], np.float32), "s"))
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([0.25], np.float32), "o"))
+    a = analyze_channels(to_graph(model), {"x": [1, 3, 8, 8]})
+    slot = a.slots[int(a.slots_of("c1")[0])]
+    assert not slot.removable and not slot.zero_if_producers_zeroed
+    assert "averages the constant 0.25" in slot.kept_because and "GlobalAveragePool" in slot.kept_because

@@ -188,7 +188,8 @@ def test_inspect_names_groups_that_are_neither_removable_nor_gateable_and_why():
     info = api.inspect(_unnamed_model(add_constant=0.0886))
     blocked = [g for g in info["channel_groups"] if not g["frozen"] and not g["gateable"]]
     assert len(blocked) == 1 and blocked[0]["size"] == 8
-    assert "after 'Add_2' (Add)" in blocked[0]["reason"] and "constant" in blocked[0]["reason"]
+    # the analysis's own reason: the constant, the node that made it and the reader that cannot fold it
+    assert "constant 0.0886 after Add 'Add_2'" in blocked[0]["reason"] and "is padded" in blocked[0]["reason"]
     assert any(f["reason"] == blocked[0]["reason"] for f in info["frozen"])
     text = report.format_inspect(info)
     assert "1 neither removable nor gateable" in text and "Add_2" in text

@@ -364,9 +364,28 @@ def _kept_because(a: ChannelAnalysis, slot: Slot, atoms: np.ndarray, tensor_of: 
         t = str(tensor_of[bad[0]])
         node = made_by.get(t)
         where = f" after {node.op} '{node.name}'" if node is not None else ""
-        return (f"channel of '{t}'{where} still depends on the input when the slot's producers "
-                f"({', '.join(sorted({p[0] for p in slot.producers}))}) are zeroed")
+        producers = ", ".join(sorted({p[0] for p in slot.producers}))
+        averaged = _averaged_constant(a, node, set(atoms.tolist())) if node is not None else None
+        if averaged is not None:
+            return (f"channel of '{t}'{where} averages the constant {averaged:.6g} that zeroing the slot's producers "
+                    f"({producers}) leaves: a float32 mean of copies of a value is not exactly that value, so it is "
+                    "not folded (an exact cut could not remove it)")
+        return f"channel of '{t}'{where} still depends on the input when the slot's producers ({producers}) are zeroed"
     return "not removable"
+
+
+_AVERAGING = ("GlobalAveragePool", "AveragePool", "ReduceMean", "Resize", "Upsample")
+
+
+def _averaged_constant(a: ChannelAnalysis, node: gs.Node, slot_atoms: set[int]) -> float | None:
+    """The constant an averaging ``node`` reads from the slot under the zeroed hypothesis, if any."""
+    if node.op not in _AVERAGING or not node.inputs or node.inputs[0].name not in a.spaces:
+        return None
+    sp = a.spaces[node.inputs[0].name]
+    ids = [i for i in range(sp.base, sp.base + sp.size) if i in slot_atoms]
+    values = a._facts["value_h"][ids] if ids else np.array([])
+    finite = values[np.isfinite(values)]
+    return float(finite[0]) if finite.size and finite.size == len(ids) else None
 
 
 def _by_slot(entries, label: np.ndarray, n_slots: int, ranges: bool) -> list[list]:
